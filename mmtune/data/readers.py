@@ -1,0 +1,170 @@
+"""Streaming readers: files of any supported format to Sample dicts or quarantine rows.
+
+Corpora have millions of rows, so nothing here loads a file whole: JSON arrays are
+decoded element by element (:mod:`mmtune.data.jsonstream`), JSONL line by line, parquet
+batch by batch. Each record becomes :class:`ReadResult` items (see
+:mod:`mmtune.data.records` for how conversations become samples).
+
+Formats (``fmt``):
+
+=========  ===================================================================
+auto       from the extension: ``.parquet``, ``.jsonl``, ``.json`` (an array, or
+           JSON lines if it starts with ``{``); each record's shape from its keys
+llava      JSON array of ``{id, image, conversations: [{from, value}]}``
+sharegpt   JSON array of ``{messages: [{role, content}], images, audios}``
+jsonl      one record per line, in Sample, LLaVA or ShareGPT shape
+parquet    Sample-schema parquet (missing optional columns filled), or a
+           parquet of conversation records (HF ``datasets`` image structs work)
+=========  ===================================================================
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mmtune.data.jsonstream import iter_json_lines, iter_json_values
+from mmtune.data.records import ReadResult, SourceFile, convert_record, quarantined
+from mmtune.data.writer import QUARANTINE_FILE, REPORT_FILE
+
+__all__ = ["FORMATS", "ReadResult", "iter_chunks", "iter_samples", "resolve_inputs"]
+
+FORMATS = ("auto", "llava", "sharegpt", "jsonl", "parquet")
+SUFFIXES = (".json", ".jsonl", ".parquet")
+# Written by import_dataset beside its shards; not data, so a directory read skips them.
+SIDE_FILES = frozenset({QUARANTINE_FILE, REPORT_FILE})
+
+_CONVERSATION_COLUMNS = {"messages", "conversations"}
+_SAMPLE_COLUMNS = {"instruction", "response"}
+
+
+def resolve_inputs(path: str | Path) -> list[Path]:
+    """The data files behind ``path``: a file, a directory (its data files, sorted), or a glob."""
+    text = str(path)
+    p = Path(text).expanduser()
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in SUFFIXES
+                       and not f.name.startswith(".") and f.name not in SIDE_FILES)
+        if not files:
+            raise FileNotFoundError(f"no data files in directory {p}: expected *.json, *.jsonl "
+                                    "or *.parquet files directly inside it")
+        return files
+    if any(c in text for c in "*?["):
+        files = sorted(Path(f) for f in glob.glob(str(p), recursive=True) if Path(f).is_file())
+        if not files:
+            raise FileNotFoundError(f"glob {text!r} matched no files")
+        return files
+    raise FileNotFoundError(f"data path not found: {p}; expected a file, a directory of "
+                            "*.json/*.jsonl/*.parquet files, or a glob such as 'data/*.jsonl'")
+
+
+def _container(path: Path, fmt: str) -> str:
+    """How to read the file: "parquet", "jsonl" (line by line) or "json" (streamed values)."""
+    suffix = path.suffix.lower()
+    if fmt == "parquet":
+        if suffix in (".json", ".jsonl"):
+            raise ValueError(f"{path}: format 'parquet' was asked for a {suffix} file; "
+                             "use fmt='auto' or the file's JSON format")
+        return "parquet"
+    if fmt == "auto" and suffix == ".parquet":
+        return "parquet"
+    if suffix == ".parquet":
+        raise ValueError(f"{path}: format {fmt!r} reads JSON but this is a parquet file; "
+                         "use fmt='parquet' or 'auto'")
+    if fmt == "jsonl" or suffix == ".jsonl":
+        return "jsonl"
+    if suffix == ".json" or fmt in ("llava", "sharegpt"):
+        return "json"
+    raise ValueError(f"{path}: cannot tell the format from the extension {suffix!r}; rename it "
+                     f"to .json/.jsonl/.parquet or pass fmt (one of {', '.join(FORMATS[1:])})")
+
+
+def _iter_parquet(path: Path, chunk_rows: int) -> Iterator[tuple[int, Any, str | None]]:
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"{path}: not a readable parquet file ({e})") from None
+    names = set(pf.schema_arrow.names)
+    if not (names & _CONVERSATION_COLUMNS or _SAMPLE_COLUMNS <= names):
+        raise ValueError(
+            f"{path}: parquet columns {sorted(names)} match no known shape; expected Sample "
+            "columns (id, instruction, response, image, ...) or conversation columns "
+            "(messages or conversations, with images/audios)")
+    row = 0
+    for batch in pf.iter_batches(batch_size=chunk_rows):
+        for rec in batch.to_pylist():
+            yield row, rec, None
+            row += 1
+
+
+def _iter_raw(path: Path, fmt: str, chunk_rows: int) -> Iterator[tuple[int, Any, str | None]]:
+    """(row, record, parse error or None) for each record in one file."""
+    kind = _container(path, fmt)
+    if kind == "parquet":
+        yield from _iter_parquet(path, chunk_rows)
+    elif kind == "jsonl":
+        with open(path, "rb") as f:
+            yield from iter_json_lines(f)
+    else:
+        with open(path, encoding="utf-8-sig") as f:
+            for row, rec in enumerate(iter_json_values(f, name=str(path))):
+                yield row, rec, None
+
+
+def iter_samples(path: str | Path, fmt: str = "auto", *, image_root: str | Path | None = None,
+                 chunk_rows: int = 1024) -> Iterator[ReadResult]:
+    """Yield a :class:`ReadResult` for every sample the input holds, streaming.
+
+    ``image_root``: directory that relative image/audio paths resolve against; by default
+    each data file's own directory (what LLaMA-Factory does with its ``data`` dir).
+    ``chunk_rows``: parquet batch size (bounded memory per read).
+    Unusable inputs (missing path, unknown format) raise here, at the call; a corrupt
+    JSON array raises while iterating. Bad records never raise: they come back as
+    quarantine results.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    root = Path(image_root).expanduser() if image_root is not None else None
+    if root is not None and not root.is_dir():
+        raise FileNotFoundError(f"image_root {root} is not a directory; set data.image_root to "
+                                "the folder your relative image/audio paths start from")
+    files = resolve_inputs(path)
+    for f in files:  # fail now, before any work, if a file's format cannot be told
+        _container(f, fmt)
+    return _generate(files, fmt, root, chunk_rows)
+
+
+def _generate(files: list[Path], fmt: str, root: Path | None, chunk_rows: int) -> Iterator[ReadResult]:
+    expect = "conversation" if fmt in ("llava", "sharegpt") else "auto"
+    for path in files:
+        src = SourceFile(path, root if root is not None else path.parent)
+        for row, rec, error in _iter_raw(path, fmt, chunk_rows):
+            if error:
+                yield quarantined(src, row, f"{path.stem}-{row}", error, rec)
+            else:
+                yield from convert_record(rec, src, row, expect)
+
+
+def iter_chunks(path: str | Path, fmt: str = "auto", *, image_root: str | Path | None = None,
+                chunk_rows: int = 1024) -> Iterator[list[ReadResult]]:
+    """:func:`iter_samples` in lists of ``chunk_rows`` results (the last may be shorter)."""
+    return _chunked(iter_samples(path, fmt, image_root=image_root, chunk_rows=chunk_rows), chunk_rows)
+
+
+def _chunked(results: Iterator[ReadResult], chunk_rows: int) -> Iterator[list[ReadResult]]:
+    chunk: list[ReadResult] = []
+    for result in results:
+        chunk.append(result)
+        if len(chunk) >= chunk_rows:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

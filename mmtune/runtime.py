@@ -1,0 +1,39 @@
+"""Starting Ray, once, from an entry point (the CLI or a ``ray_jobs`` script).
+
+Library functions never call ``ray.init`` themselves; they take what they need as
+arguments and assume the entry point has connected.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from mmtune.config import RayConfig
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(cfg: RayConfig) -> dict[str, float]:
+    """Connect to ``cfg.address`` (a running cluster) or start a local Ray; returns the
+    cluster's resources so callers can discover GPUs instead of assuming them."""
+    import ray
+
+    if ray.is_initialized():
+        return ray.cluster_resources()
+    kwargs: dict = {"ignore_reinit_error": True, "log_to_driver": True}
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        kwargs["address"] = address
+    else:
+        kwargs["include_dashboard"] = cfg.include_dashboard
+        if cfg.num_cpus:
+            kwargs["num_cpus"] = cfg.num_cpus
+        if cfg.object_store_memory_mb:
+            kwargs["object_store_memory"] = cfg.object_store_memory_mb * 1024 * 1024
+        if cfg.temp_dir:
+            kwargs["_temp_dir"] = os.path.abspath(cfg.temp_dir)
+    ray.init(**kwargs)
+    res = ray.cluster_resources()
+    log.info("ray: %s CPUs, %s GPUs", res.get("CPU", 0), res.get("GPU", 0))
+    return res
