@@ -1,0 +1,29 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv when it
+# is missing. torch is installed first and on its own: with an open version range pip
+# would pull a multi-GB CUDA build on CPU machines (see docs/architecture.md). GPU users:
+# `make TORCH_SPEC='torch==2.13.0 --index-url <your CUDA wheel index>' demo`, or install
+# CUDA torch into .venv before the first make.
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+STAMP      := $(VENV)/.mmtune-installed
+
+.PHONY: demo test install clean-cache
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install $(TORCH_SPEC)
+	$(PY) -m pip install -e ".[test]"
+	@touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/mmtune demo --config configs/demo.yaml $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean-cache:
+	rm -rf runs/_cache
