@@ -23,6 +23,18 @@ class JSONStreamError(ValueError):
     """The file is not the JSON it claims to be; the message gives the offset and a fix."""
 
 
+def _maybe_cut(obj: Any, buf: str, end: int) -> bool:
+    """Whether a decoded value may continue past the buffer: only numbers are ambiguous
+    ("-0." decodes as -0, "12" may be "123"); strings, objects and arrays end with a
+    closing character."""
+    if end >= len(buf):
+        return True
+    return isinstance(obj, (int, float)) and not isinstance(obj, bool) and buf[end] in _NUMBER_CHARS
+
+
+_NUMBER_CHARS = frozenset("0123456789.eE+-")
+
+
 class _Buffer:
     """A sliding window over a text stream: reads on demand, forgets what was consumed."""
 
@@ -61,8 +73,7 @@ class _Buffer:
         while True:
             try:
                 obj, end = _DECODER.raw_decode(self.buf, self.pos)
-                # A value that ends exactly at the buffer's end may be cut (a number).
-                if end < len(self.buf) or self.eof:
+                if self.eof or not _maybe_cut(obj, self.buf, end):
                     self.pos = end
                     return obj
             except json.JSONDecodeError as e:

@@ -159,7 +159,7 @@ def evaluate_splits(cfg: RunConfig, student_dir: str | Path, splits: dict[str, S
     scores: list[TaskScore] = []
     for split, paths in splits.items():
         t0 = time.time()
-        ds = ray.data.read_parquet([str(p) for p in paths], columns=EVAL_COLUMNS)
+        ds = ray.data.read_parquet([str(p) for p in paths]).select_columns(EVAL_COLUMNS)
         preds = ds.map_batches(
             Predictor,
             fn_constructor_kwargs=dict(

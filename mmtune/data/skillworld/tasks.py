@@ -460,7 +460,7 @@ _TASK_LIST = [
        ("1", "2", "3", "4"), _b_count, _s_count),
     _t("count_mc", "corpus", "mc", _CTR, "How many shapes can you see?",
        ("1", "2", "3", "4"), _b_count, _s_count, 4, _d_pool(("1", "2", "3", "4"))),
-    _t("count_yesno", "corpus", "yesno", _CTR, "Are there exactly {n} objects in the picture?",
+    _t("count_yesno", "corpus", "yesno", _CTR, "Is the number of objects in the picture {n}?",
        YESNO, _b_count_yn, _s_count_yn),
     _t("digit_read", "corpus", "open", ["digit"], "Which digit is written in the picture?",
        _DIGITS, _b_digit, _s_digit),
