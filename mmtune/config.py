@@ -96,7 +96,7 @@ class TinyLlavaPreset(_Section):
     text_layers: int = Field(3, ge=1)
     text_heads: int = Field(4, ge=1)
     text_intermediate: int = Field(256, ge=8)
-    vocab_size: int = Field(2048, ge=300, description="size of the locally trained BPE tokenizer")
+    vocab_size: int = Field(512, ge=300, description="upper bound on the locally trained BPE vocabulary (SkillWorld saturates near 450)")
     max_position: int = Field(512, ge=64)
 
     @model_validator(mode="after")

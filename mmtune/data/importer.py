@@ -60,8 +60,8 @@ class ImportReport:
 
 def import_dataset(
     src: str | Path,
-    out_dir: str | Path,
     fmt: str = "auto",
+    out_dir: str | Path | None = None,
     *,
     image_root: str | Path | None = None,
     max_text_chars: int = 8192,
@@ -78,6 +78,8 @@ def import_dataset(
     import are quarantined after the first (only the ids are kept in memory). ``progress``
     gets a line every ``progress_every`` samples; ``overwrite`` replaces earlier shards.
     """
+    if out_dir is None:
+        raise TypeError("import_dataset needs out_dir: the directory for the parquet shards")
     started = time.monotonic()
     results = iter_samples(src, fmt, image_root=image_root, chunk_rows=chunk_rows)  # raises early
     out = Path(out_dir)

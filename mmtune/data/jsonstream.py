@@ -146,6 +146,6 @@ def iter_json_lines(f: BinaryIO) -> Iterator[tuple[int, Any, str | None]]:
             continue
         try:
             yield i, json.loads(line), None
-        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, deep nesting
             text = line.decode("utf-8", errors="replace").rstrip("\r\n")
             yield i, text, f"invalid json: {e}"

@@ -33,7 +33,7 @@ def corpus(tmp_path, media, h):
 def test_import_writes_good_rows_and_quarantines_each_bad_kind(tmp_path, corpus, media):
     out = tmp_path / "out"
     lines = []
-    report = import_dataset(corpus, out, max_text_chars=200, shard_rows=4, progress=lines.append,
+    report = import_dataset(corpus, out_dir=out, max_text_chars=200, shard_rows=4, progress=lines.append,
                             progress_every=5)
     assert (report.written, report.quarantined) == (6, 7), report.summary()
     assert report.reasons == {"duplicate id": 1, "text too long": 1, "empty instruction": 1,
@@ -74,22 +74,27 @@ def test_duplicate_is_judged_after_validation(tmp_path, h):
         {"id": "a", "instruction": "", "response": "r"},
         {"id": "a", "instruction": "q", "response": "r"},
         {"id": "a", "instruction": "q2", "response": "r"}])
-    report = import_dataset(src, tmp_path / "out", progress=None)
+    report = import_dataset(src, out_dir=tmp_path / "out", progress=None)
     assert report.written == 1 and report.reasons == {"empty instruction": 1, "duplicate id": 1}
     assert read_sample_table(tmp_path / "out").column("instruction").to_pylist() == ["q"]
 
 
 def test_llamafactory_import(tmp_path, h):
-    report = import_dataset(h.llamafactory, tmp_path / "lf", progress=None)
+    report = import_dataset(h.llamafactory, "auto", tmp_path / "lf", progress=None)  # the CLI's call
     assert (report.written, report.quarantined) == (14, 1)
     assert report.reasons == {"audio not found": 1}
     rows = pq.read_table(report.quarantine_path).to_pylist()
     assert rows[0]["reason"].endswith("mllm_demo_data/1.mp3")
 
 
+def test_missing_out_dir_is_a_clear_error(tmp_path, h):
+    with pytest.raises(TypeError, match="needs out_dir"):
+        import_dataset(h.llamafactory)
+
+
 def test_clean_import_still_creates_an_empty_quarantine_file(tmp_path, h):
     src = h.write_json(tmp_path / "ok.json", [{"instruction": "q", "response": "r"}])
-    report = import_dataset(src, tmp_path / "out", progress=None)
+    report = import_dataset(src, out_dir=tmp_path / "out", progress=None)
     assert report.quarantined == 0 and "inspect it with" not in report.summary()
     q = pq.read_table(tmp_path / "out" / "quarantine.parquet")
     assert q.num_rows == 0 and q.schema == QUARANTINE_SCHEMA
@@ -97,7 +102,7 @@ def test_clean_import_still_creates_an_empty_quarantine_file(tmp_path, h):
 
 def test_all_bad_import_leaves_one_empty_shard(tmp_path, h):
     src = h.write_json(tmp_path / "bad.json", [{"instruction": "", "response": "r"}])
-    report = import_dataset(src, tmp_path / "out", progress=None)
+    report = import_dataset(src, out_dir=tmp_path / "out", progress=None)
     assert report.written == 0 and len(report.shards) == 1
     table = read_sample_table(tmp_path / "out")
     assert table.num_rows == 0 and table.schema == SAMPLE_SCHEMA
@@ -106,10 +111,10 @@ def test_all_bad_import_leaves_one_empty_shard(tmp_path, h):
 def test_reimport_refuses_to_mix_with_old_shards_unless_overwrite(tmp_path, h):
     big = h.write_jsonl(tmp_path / "big.jsonl", [{"id": str(i), "instruction": "q", "response": "r"} for i in range(5)])
     small = h.write_jsonl(tmp_path / "small.jsonl", [{"id": "s", "instruction": "q", "response": "r"}])
-    import_dataset(big, tmp_path / "out", shard_rows=2, progress=None)
+    import_dataset(big, out_dir=tmp_path / "out", shard_rows=2, progress=None)
     with pytest.raises(FileExistsError, match="overwrite=True"):
-        import_dataset(small, tmp_path / "out", progress=None)
-    report = import_dataset(small, tmp_path / "out", shard_rows=2, progress=None, overwrite=True)
+        import_dataset(small, out_dir=tmp_path / "out", progress=None)
+    report = import_dataset(small, out_dir=tmp_path / "out", shard_rows=2, progress=None, overwrite=True)
     assert len(report.shards) == 1
     assert read_sample_table(tmp_path / "out").column("id").to_pylist() == ["s"]
 

@@ -198,6 +198,18 @@ def test_single_untagged_image_applies_to_every_turn(tmp_path, media, h):
     assert [s["image"] for s in samples] == [media["red.png"]] * 2
 
 
+def test_record_list_fields_keep_their_type_for_validation(tmp_path, h):
+    # make_sample would turn "abc" into ["a", "b", "c"]; the reader must not hide the bad type.
+    h.write_jsonl(tmp_path / "t.jsonl", [
+        {"instruction": "q", "response": "r", "skills": "abc", "steps": "s"},
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "r"}],
+         "options": "ab"},
+        {"instruction": "q", "response": None, "skills": 5, "options": 7}])
+    samples, _ = split(iter_samples(tmp_path / "t.jsonl"))
+    assert samples[0]["skills"] == "abc" and samples[0]["steps"] == "s" and samples[1]["options"] == "ab"
+    assert (samples[2]["response"], samples[2]["skills"], samples[2]["options"]) == (None, 5, 7)
+
+
 def test_forced_llava_format_quarantines_sample_shaped_records(tmp_path, h):
     h.write_json(tmp_path / "s.json", [{"instruction": "a", "response": "b"}])
     assert len(split(iter_samples(tmp_path / "s.json"))[0]) == 1

@@ -84,12 +84,12 @@ def _balanced(rng: random.Random, values, n: int) -> list:
 
 
 def generate_task(task: Task, n: int, *, seed: int, split: str, pool: str = "corpus",
-                  image_size: int = 32, id_prefix: str | None = None) -> tuple[list[dict], list[dict]]:
+                  image_size: int = 32) -> tuple[list[dict], list[dict]]:
     """``n`` samples of one task and their meta rows, answers balanced.
 
     The answer value is chosen first (balanced), then a scene is built for it; for multiple
     choice the correct letter is balanced independently. ``pool`` picks the digit images:
-    "corpus" or "target" (disjoint, see scenes.digit_pools).
+    "corpus" or "target" (disjoint, see scenes.digit_pools). Ids: ``sw-<split>-<task>-<i>``.
     """
     rng = _rng(seed, split, task.name)
     digits = digit_pools()[pool]
@@ -97,7 +97,7 @@ def generate_task(task: Task, n: int, *, seed: int, split: str, pool: str = "cor
     values = _balanced(rng, task.values, n)
     letters = _balanced(rng, range(task.n_options), n) if task.fmt == "mc" else None
     skills = [STEPS[k].skill for k in task.chain]
-    prefix = id_prefix or f"sw-{split}-{task.name}"
+    prefix = f"sw-{split}-{task.name}"
     samples, metas = [], []
     for i in range(n):
         scene = task.build(rng, values[i], pick)

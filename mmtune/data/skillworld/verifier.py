@@ -146,6 +146,8 @@ def first_wrong_step(sample: dict, steps: list[str], answer: str | None = None) 
     multiple-choice options). A missing or unparseable step counts as wrong. If every gold
     step is matched and ``answer`` is given but wrong, returns ``len(gold steps)``.
     """
+    if sample["task"] not in TASKS:
+        raise ValueError(f"not a SkillWorld task: {sample['task']!r}; known: {list(TASKS)}")
     task = TASKS[sample["task"]]
     scene = _scene_of(sample)
     _, gold_values, gold_answer = gold(task, scene)
