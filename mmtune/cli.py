@@ -42,7 +42,8 @@ def cmd_data_import(args: argparse.Namespace) -> int:
 
     report = import_dataset(
         args.src, args.format, args.out, image_root=args.image_root,
-        max_text_chars=args.max_text_chars, shard_rows=args.shard_rows, progress=_progress)
+        max_text_chars=args.max_text_chars, shard_rows=args.shard_rows, progress=_progress,
+        overwrite=args.overwrite)
     print(report.summary())
     return 0 if report.written else 1
 
@@ -155,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--out", required=True, help="output directory for parquet shards")
     imp.add_argument("--max-text-chars", type=int, default=8192)
     imp.add_argument("--shard-rows", type=int, default=4096)
+    imp.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
     imp.set_defaults(func=cmd_data_import)
     sw = data_p.add_parser("skillworld", help="generate the SkillWorld benchmark as parquet")
     sw.add_argument("--out", required=True)
@@ -188,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as e:
+        # Problems with the user's inputs: one clear line, not a traceback.
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

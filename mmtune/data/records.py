@@ -284,9 +284,8 @@ def _from_sample(rec: dict[str, Any], src: SourceFile, row: int, rid: str) -> li
 
 
 def _set_raw_lists(sample: dict[str, Any], rec: dict[str, Any], names: tuple[str, ...]) -> None:
-    """Put the record's own list fields in as they are. make_sample would ``list(...)``
-    them, turning a string into characters and crashing on a number; validation should
-    see, and name, the bad type instead."""
+    """The record's own list fields win over those derived from its response, and go in
+    as they are: validation should see, and name, a bad type."""
     for name in names:
         if rec.get(name) is not None:
             sample[name] = rec[name]

@@ -1,9 +1,10 @@
 """The Sample contract: the one Arrow schema every stage reads and writes.
 
 A *sample* is one instruction/response turn, optionally grounded in one image and/or one
-audio clip. Multi-turn conversations are split into one sample per assistant turn by the
-readers (see :mod:`mmtune.data.readers`); earlier turns are kept as context in
-``instruction``.
+audio clip. Multi-turn conversations are split into one sample per (user, assistant) turn
+pair by the readers (see :mod:`mmtune.data.readers`), each keeping the conversation's
+image; earlier turns are not copied into ``instruction`` (that would multiply text length
+and the corpus' size on disk for long chats).
 
 Fields (see ARCHITECTURE.md, "Data contracts"):
 
@@ -109,10 +110,12 @@ def make_sample(
         "audio": audio,
         "instruction": instruction,
         "response": response,
-        "steps": list(steps),
+        # Passed through as given: validation reports a wrong type (e.g. a string where a
+        # list belongs) instead of this helper silently turning "abc" into ["a","b","c"].
+        "steps": steps,
         "answer": answer,
-        "options": list(options) if options is not None else None,
-        "skills": list(skills or []),
+        "options": options,
+        "skills": skills if skills is not None else [],
     }
 
 
