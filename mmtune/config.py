@@ -308,11 +308,13 @@ def _format_errors(err: ValidationError, root: type[BaseModel]) -> str:
         got = e.get("input")
         if e["type"] == "extra_forbidden":
             names = _allowed(root, loc)
-            close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+            key = str(loc[-1])
+            close = difflib.get_close_matches(key, names, n=1) or [
+                n for n in names if key.startswith(n) or n.startswith(key)][:1]
             hint = f"; did you mean {'.'.join(map(str, loc[:-1] + (close[0],)))}?" if close else ""
-            lines.append(f"{path}: unknown setting{hint} allowed here: {', '.join(names)}")
+            lines.append(f"{path}: unknown setting{hint} (allowed here: {', '.join(names)})")
             continue
-        allowed = e["msg"]
+        allowed = e["msg"].removeprefix("Value error, ")
         ctx = e.get("ctx") or {}
         if "expected" in ctx:
             allowed = f"one of {ctx['expected']}"

@@ -57,6 +57,7 @@ def test_layout_schema_and_manifest(world):
     assert pq.read_table(out / "generic" / "eval.parquet").num_rows == 8 * len(CORPUS_TASKS)
     disk = json.loads((out / "skillworld.json").read_text())
     assert disk["version"] == m["version"] and set(disk["skills"]) == set(SKILLS)
+    assert m["counts"]["corpus"] == len(corpus) and m["counts"]["targets/count_grid/val"] == SMALL["val_size"]
     assert m["splits"]["corpus"]["tasks"]["parity_open"]["majority_baseline"] == 0.5
     # each row is self-consistent: response = steps + answer, mc answer is a letter of options
     for r in corpus:

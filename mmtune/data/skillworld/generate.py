@@ -242,6 +242,7 @@ def generate_skillworld(cfg: SkillWorldConfig, out_dir, *, llava_json: bool = Fa
         "digit_split": {"seed": DIGIT_SPLIT_SEED, "target_fraction": TARGET_DIGIT_FRACTION,
                         "corpus_images": sum(len(v) for v in pools["corpus"].values()),
                         "target_images": sum(len(v) for v in pools["target"].values())},
+        "counts": {k: len(s) for k, (s, _) in splits.items()},  # rows per split, for quick reports
         "splits": {k: {"files": files[k], "meta_files": [f"meta/{f}" for f in files[k]], **_split_stats(s)}
                    for k, (s, _) in splits.items()},
         "llava": bool(llava_json),
