@@ -167,12 +167,18 @@ def test_llava_export(world):
     recs = json.loads((out / "llava" / "target_parity_choice_val.json").read_text())
     assert len(recs) == SMALL["val_size"]
     for r in recs:
-        assert set(r) == {"id", "image", "conversations"}
+        assert {"id", "image", "conversations"} <= set(r) and r["task"] == "parity_choice" and len(r["options"]) == 2
         human, gpt = r["conversations"]
         assert human["from"] == "human" and human["value"].startswith("<image>\n")
         assert gpt["from"] == "gpt" and gpt["value"].splitlines()[-1].startswith("Answer: ")
         assert Image.open(out / "llava" / r["image"]).size == (32, 32)
     assert (out / "llava" / "corpus.json").exists() and (out / "llava" / "generic_train.json").exists()
+    from mmtune.data.readers import iter_samples  # mmtune's own reader recovers the samples
+
+    orig = {r["id"]: r for r in pq.read_table(out / "targets" / "parity_choice" / "val.parquet").to_pylist()}
+    for res in iter_samples(out / "llava" / "target_parity_choice_val.json"):
+        got, want = res.sample, orig[res.sample["id"]]
+        assert all(got[k] == want[k] for k in ("task", "image", "instruction", "response", "steps", "answer", "options"))
 
 
 def test_generation_speed():

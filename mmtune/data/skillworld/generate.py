@@ -164,15 +164,18 @@ def _split_stats(samples: list[dict]) -> dict[str, Any]:
 
 
 def _write_llava(out: Path, name: str, samples: list[dict]) -> None:
-    """LLaVA conversation JSON; ``image`` is relative to ``out/llava``."""
+    """LLaVA conversation JSON (plus ``task``/``options``); ``image`` is relative to ``out/llava``."""
     img_dir = out / "llava" / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
     records = []
     for s in samples:
         (img_dir / f"{s['id']}.png").write_bytes(s["image"])
-        records.append({"id": s["id"], "image": f"images/{s['id']}.png", "conversations": [
+        rec = {"id": s["id"], "image": f"images/{s['id']}.png", "conversations": [
             {"from": "human", "value": "<image>\n" + s["instruction"]},
-            {"from": "gpt", "value": s["response"]}]})
+            {"from": "gpt", "value": s["response"]}], "task": s["task"]}
+        if s["options"]:  # extra keys LLaVA ignores and mmtune's reader keeps: a lossless round trip
+            rec["options"] = s["options"]
+        records.append(rec)
     (out / "llava" / f"{name}.json").write_text(json.dumps(records, indent=1))
 
 
