@@ -22,7 +22,7 @@ import torch
 from mmtune.config import RunConfig, StudentConfig
 from mmtune.models.inputs import encode_for_generation, move_to
 from mmtune.models.student import load_adapter, load_student
-from mmtune.training.answers import answers_match, extract_answer, majority_baseline
+from mmtune.data.answers import answers_match, extract_answer, majority_baseline
 
 log = logging.getLogger(__name__)
 

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from functools import lru_cache
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
+
+from mmtune.data.answers import answers_match, majority_baseline  # noqa: F401 (re-exported)
 
 from .scenes import COLORS, POSITIONS, SHAPES, SIZES
-from .tasks import LETTERS, STEPS, TASKS, gold
+from .tasks import STEPS, TASKS, gold
 
 _ALT = lambda words: "(" + "|".join(re.escape(w) for w in words) + ")"  # noqa: E731
 _SLOT_RE = {
@@ -116,21 +117,10 @@ def step_ok(kind: str, text: str, gold_values: dict, scene: dict) -> bool:
 
 
 def answer_ok(answer: str, gold_answer: str, options: list[str] | None = None) -> bool:
-    """Whether a final answer matches the gold one (case/space/period tolerant).
-
-    For multiple choice the gold answer is a letter; ``B``, ``(b)``, ``B. odd`` and the
-    option text ``odd`` all count as choosing B.
-    """
-    a, g = _norm(answer), _norm(gold_answer)
-    if a == g:
-        return True
-    if options:
-        m = re.fullmatch(r"\(?([a-z])\)?(?:[.):]\s*.*)?", a)
-        if m:
-            return m.group(1) == g
-        texts = [_norm(o) for o in options]
-        return a in texts and LETTERS[texts.index(a)].lower() == g
-    return False
+    """Whether a final answer matches the gold one: the same rule evaluation uses
+    (case/space/period tolerant; for multiple choice ``B``, ``(b)``, ``B. odd`` and the
+    option text all count as choosing B)."""
+    return answers_match(answer, gold_answer, options)
 
 
 def _scene_of(sample: dict) -> dict:
@@ -157,10 +147,3 @@ def first_wrong_step(sample: dict, steps: list[str], answer: str | None = None) 
     if answer is not None and not answer_ok(answer, gold_answer, scene["query"].get("options")):
         return len(task.chain)
     return None
-
-
-def majority_baseline(answers: Iterable[str]) -> float:
-    """Accuracy of always answering the most frequent answer (0.0 for no answers)."""
-    counts = Counter(answers)
-    total = sum(counts.values())
-    return max(counts.values()) / total if total else 0.0

@@ -1,6 +1,6 @@
 import pytest
 
-from mmtune.training.answers import answers_match, extract_answer, majority_baseline, normalize_answer
+from mmtune.data.answers import answers_match, extract_answer, majority_baseline, normalize_answer
 
 
 @pytest.mark.parametrize("text,expected", [
