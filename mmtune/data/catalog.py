@@ -26,8 +26,16 @@ def _shards(d: Path, pattern: str = "*.parquet") -> list[Path]:
     return sorted(d.glob(pattern))
 
 
+def skillworld_key(cfg: RunConfig) -> str:
+    """The generator's version is part of the key: a changed generator must not be served
+    data an older one wrote under the same settings."""
+    from mmtune.data.skillworld import GENERATOR_VERSION
+
+    return config_hash({"cfg": cfg.data.skillworld.model_dump(mode="json"), "version": GENERATOR_VERSION})
+
+
 def skillworld_dir(cfg: RunConfig) -> Path:
-    return Path(cfg.run.cache_dir) / "skillworld" / config_hash(cfg.data.skillworld)
+    return Path(cfg.run.cache_dir) / "skillworld" / skillworld_key(cfg)
 
 
 def ensure_skillworld(cfg: RunConfig, progress=print) -> Path:

@@ -19,7 +19,7 @@ import torch
 from transformers import get_cosine_schedule_with_warmup
 
 from mmtune.config import RunConfig, config_hash
-from mmtune.data.catalog import DataPaths, data_paths
+from mmtune.data.catalog import DataPaths, data_paths, skillworld_key
 from mmtune.models.inputs import encode_for_training
 from mmtune.models.presets import build_tiny_llava
 from mmtune.models.student import save_student
@@ -30,7 +30,7 @@ META_FILE = "mmtune_student.json"
 def student_key(cfg: RunConfig) -> str:
     """Everything that determines the generic student's weights."""
     return config_hash({
-        "skillworld": cfg.data.skillworld.model_dump(mode="json"),
+        "data": skillworld_key(cfg),
         "preset": cfg.student.preset.model_dump(mode="json"),
         "pretrain": cfg.student.pretrain.model_dump(mode="json", exclude={"log_every", "threads"}),
         "seed": cfg.run.seed,
