@@ -88,12 +88,12 @@ class DataConfig(_Section):
 class TinyLlavaPreset(_Section):
     """Sizes of the ``tiny-llava`` preset: transformers' real Llava classes, tiny config."""
 
-    vision_hidden: int = Field(64, ge=8)
+    vision_hidden: int = Field(128, ge=8)
     vision_layers: int = Field(2, ge=1)
     vision_heads: int = Field(4, ge=1)
     patch_size: int = Field(8, ge=2)
     text_hidden: int = Field(128, ge=8)
-    text_layers: int = Field(3, ge=1)
+    text_layers: int = Field(2, ge=1)
     text_heads: int = Field(4, ge=1)
     text_intermediate: int = Field(256, ge=8)
     vocab_size: int = Field(512, ge=300, description="upper bound on the locally trained BPE vocabulary (SkillWorld saturates near 450)")
@@ -120,9 +120,9 @@ class LoraSettings(_Section):
 class PretrainConfig(_Section):
     """The plain-torch pre-training of the demo's generic student (full fine-tuning)."""
 
-    steps: int = Field(1500, ge=1)
+    steps: int = Field(2500, ge=1)
     batch_size: int = Field(32, ge=1)
-    lr: float = Field(2e-3, gt=0)
+    lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     log_every: int = Field(100, ge=1)
