@@ -28,7 +28,7 @@ from .tasks import CORPUS_TASKS, DEFAULT_TARGETS, RARE_SKILLS, SKILLS, STEPS, TA
     format_instruction, gold, resolve_targets
 from .verifier import majority_baseline
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 SOURCE = "skillworld"
 SHARD_ROWS = 4096  # rows per corpus/generic shard [module constant: no config field yet]
 
