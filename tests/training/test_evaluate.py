@@ -92,3 +92,19 @@ def test_score_rows_counts_missing_answers():
             {"task": "t", "answer": "b", "correct": False, "pred_answer": ""}]
     (s,) = score_rows("x", rows)
     assert (s.n, s.accuracy, s.majority, s.no_answer) == (2, 0.5, 0.5, 1)
+
+
+@pytest.mark.gpu
+def test_predictor_on_gpu_matches_cpu(overfit_student):
+    """GPU path: the predictor moves to CUDA in bf16 and still reads the same answers."""
+    import numpy as np
+
+    student, _, samples = overfit_student
+    cfg = RunConfig().student.model_dump(mode="json")
+    batch = {k: np.array([s[k] for s in samples], dtype=object) for k in
+             ("id", "task", "image", "instruction", "answer", "options")}
+    gpu = Predictor(str(student), cfg, max_new_tokens=16, device="cuda")
+    assert next(gpu.model.parameters()).is_cuda
+    assert next(gpu.model.parameters()).dtype == torch.bfloat16
+    cpu = Predictor(str(student), cfg, max_new_tokens=16, device="cpu")
+    assert list(gpu(batch)["pred_answer"]) == list(cpu(batch)["pred_answer"])
