@@ -34,6 +34,11 @@ at a time), and CoMMIT-CLR (the scheduler without the regulariser).
     measured (one group never moves within a step, so κ is undefined).
   - ``commit_clr``: the CoMMIT factors, no regulariser.
   - ``commit``: the CoMMIT factors plus the regulariser (:mod:`.regularizer`).
+
+* Closed loop: κ is measured on the real update, which already carries η_S/η_T. With
+  Adam-like steps and KL quadratic in the step, κ_measured ≈ c/κ̃² (c = κ at equal lrs), so
+  κ̄ settles at c^(1/3), monotonically for ``ema_decay`` > 2/3, oscillating for 1/3–2/3,
+  diverging to the clip below 1/3 (docs/coordination.md).
 """
 
 from __future__ import annotations

@@ -155,7 +155,6 @@ def test_ema_of_log_kappa_is_the_bias_corrected_weighted_mean():
         w = [decay ** (i - j) for j in range(1, i + 1)]
         expect = sum(wj * math.log(kj) for wj, kj in zip(w, kappas[:i])) / sum(w)
         assert tr.log_kappa_bar == pytest.approx(expect, rel=1e-12)
-    assert BalanceTracker(0.9).update_kappa(5.0) and True
     one = BalanceTracker(0.9)
     one.update_kappa(5.0)
     assert one.kappa_bar == pytest.approx(5.0)  # first measurement counts fully
