@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     sdir = ensure_generic_student(cfg)
     meta = json.loads((sdir / META_FILE).read_text())
     init_ray(cfg.ray)
-    splits = {t: [str(p) for p in ps] for t, ps in paths.target_test.items()}
+    splits = {f"{t}/test": [str(p) for p in ps] for t, ps in paths.target_test.items()}
     splits["corpus-tasks"] = [str(p) for p in paths.generic_eval]
     t0 = time.time()
     scores = evaluate_splits(cfg, sdir, splits)

@@ -82,7 +82,7 @@ def _eval_splits(cfg: RunConfig, which: str) -> dict[str, list[str]]:
     paths = data_paths(cfg, _progress)
     splits: dict[str, list[str]] = {}
     if which in ("test", "all"):
-        splits.update({f"{t}": [str(p) for p in ps] for t, ps in paths.target_test.items()})
+        splits.update({f"{t}/test": [str(p) for p in ps] for t, ps in paths.target_test.items()})
     if which in ("val", "all"):
         splits.update({f"{t}/val": [str(p) for p in ps] for t, ps in paths.target_val.items()})
     if which in ("generic", "all", "test") and paths.generic_eval:

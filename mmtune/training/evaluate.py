@@ -122,12 +122,17 @@ def score_rows(split: str, rows: list[dict[str, Any]]) -> list[TaskScore]:
 
 
 def format_table(scores: Sequence[TaskScore], title: str = "") -> str:
-    head = f"{'split':<14} {'task':<28} {'n':>5} {'acc':>7} {'majority':>9} {'Δ':>7} {'no-ans':>6}"
+    head = f"{'split':<20} {'task':<22} {'n':>5} {'acc':>7} {'majority':>9} {'Δ':>7} {'no-ans':>6}"
     lines = ([title] if title else []) + [head, "-" * len(head)]
     for s in scores:
-        lines.append(f"{s.split:<14} {s.task:<28} {s.n:>5} {s.accuracy:>7.3f} {s.majority:>9.3f} "
+        lines.append(f"{s.split:<20} {s.task:<22} {s.n:>5} {s.accuracy:>7.3f} {s.majority:>9.3f} "
                      f"{s.accuracy - s.majority:>+7.3f} {s.no_answer:>6}")
     return "\n".join(lines)
+
+
+def safe_name(split: str) -> str:
+    """A split name as a file-name part ("parity_choice/test" -> "parity_choice__test")."""
+    return "".join(c if c.isalnum() or c in "-_." else "__" if c == "/" else "_" for c in split)
 
 
 def _actor_plan(cfg: RunConfig) -> tuple[int, float, int]:
@@ -186,7 +191,7 @@ def evaluate_splits(cfg: RunConfig, student_dir: str | Path, splits: dict[str, S
             out.mkdir(parents=True, exist_ok=True)
             table = pa.Table.from_pylist([{k: (v.item() if hasattr(v, "item") else v)
                                            for k, v in r.items()} for r in rows])
-            pq.write_table(table, out / f"predictions_{split}.parquet")
+            pq.write_table(table, out / f"predictions_{safe_name(split)}.parquet")
     if out_dir is not None:
         (Path(out_dir) / "scores.json").write_text(json.dumps([asdict(s) for s in scores], indent=2))
     return scores

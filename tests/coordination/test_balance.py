@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from coord_helpers import ToyMLLM, toy_batch
+from tests.coordination.coord_helpers import ToyMLLM, toy_batch
 
 from mmtune.coordination import (
     BalanceMeasurement,

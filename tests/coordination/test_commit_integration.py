@@ -3,7 +3,7 @@
 import math
 
 import torch
-from coord_helpers import PRESET, TEXTS, png
+from tests.coordination.coord_helpers import PRESET, TEXTS, png
 
 from mmtune.config import CoordinationConfig, StudentConfig, TrainingConfig
 from mmtune.coordination import (

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from coord_helpers import ToyMLLM, toy_batch
+from tests.coordination.coord_helpers import ToyMLLM, toy_batch
 
 from mmtune.config import CoordinationConfig
 from mmtune.coordination import (

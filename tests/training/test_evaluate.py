@@ -76,12 +76,13 @@ def test_evaluate_splits_on_ray(ray_local, overfit_student, tmp_path):
     student, data, samples = overfit_student
     cfg = RunConfig.model_validate({"eval": {"batch_size": 2, "num_actors": 1},
                                     "student": {"max_new_tokens": 16}})
-    scores = evaluate_splits(cfg, student, {"toy": [str(data)]}, out_dir=tmp_path, progress=lambda m: None)
+    scores = evaluate_splits(cfg, student, {"toy/test": [str(data)]}, out_dir=tmp_path, progress=lambda m: None)
     by_task = {s.task: s for s in scores}
     assert by_task["colour"].n == 4 and by_task["colour"].accuracy == 1.0
     assert by_task["colour"].majority == 0.25
     assert by_task["mc"].accuracy == 1.0
-    preds = pq.read_table(tmp_path / "predictions_toy.parquet").to_pylist()
+    assert {s.split for s in scores} == {"toy/test"}
+    preds = pq.read_table(tmp_path / "predictions_toy__test.parquet").to_pylist()
     assert sorted(p["id"] for p in preds) == sorted(s["id"] for s in samples)
     assert (tmp_path / "scores.json").is_file()
     assert "colour" in format_table(scores)
