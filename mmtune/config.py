@@ -194,6 +194,7 @@ class CoordinationConfig(_Section):
     reg_lambda: float = Field(0.01, ge=0.0)
     reg_tau: float = Field(0.5, gt=0.0, description="cap τ on each regulariser term")
     reg_variant: Literal["output", "ground_truth"] = "output"
+    probe_size: int = Field(8, ge=1, description="samples in the fixed probe batch κ is measured on")
 
 
 class TrainingConfig(_Section):
@@ -204,6 +205,7 @@ class TrainingConfig(_Section):
     max_steps: int | None = Field(None, ge=1)
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0, description="clip the global grad norm (LLaVA-1.5: 1.0); 0 = off")
     num_workers: int = Field(1, ge=1)
     use_gpu: Literal["auto", True, False] = "auto"
     checkpoint_every: int = Field(100, ge=1)

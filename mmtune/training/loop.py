@@ -152,7 +152,8 @@ class TrainResult:
 def run_training(model: torch.nn.Module, processor: Any, samples: Sequence[Mapping[str, Any]], cfg: Any, *,
                  seed: int = 0, total_steps: int | None = None, checkpoint_root: str | Path | None = None,
                  resume_from: str | Path | None = None, report: ReportFn | None = None,
-                 stop_after: int | None = None, probe_size: int = 8, max_grad_norm: float = MAX_GRAD_NORM,
+                 stop_after: int | None = None, probe_size: int | None = None,
+                 max_grad_norm: float | None = None,
                  train_module: torch.nn.Module | None = None, rank: int = 0,
                  probe_pool: Sequence[Mapping[str, Any]] | None = None) -> TrainResult:
     """Train ``model`` (a student after :func:`~mmtune.models.student.apply_lora`) on ``samples``.
@@ -176,6 +177,9 @@ def run_training(model: torch.nn.Module, processor: Any, samples: Sequence[Mappi
 
     Returns the per-step metrics (see :data:`METRIC_KEYS`) and the checkpoints written.
     """
+    probe_size = probe_size if probe_size is not None else getattr(
+        getattr(cfg, "coordination", None), "probe_size", 8)
+    max_grad_norm = max_grad_norm if max_grad_norm is not None else getattr(cfg, "max_grad_norm", MAX_GRAD_NORM)
     tc = cfg
     cc = cfg.coordination
     fwd_model = train_module if train_module is not None else model

@@ -102,7 +102,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     try:
         run_training(inner, processor, mine, tc, seed=seed, total_steps=total, checkpoint_root=local_root,
                      resume_from=resume_dir, report=report, train_module=wrapped, rank=rank,
-                     probe_pool=rows, probe_size=int(config.get("probe_size", 8)))
+                     probe_pool=rows, probe_size=config.get("probe_size"))
     finally:
         shutil.rmtree(local_root, ignore_errors=True)
         if resume_dir is not None:
@@ -120,7 +120,7 @@ def resolve_use_gpu(use_gpu: Any) -> bool:
 
 def build_trainer(training: Any, student: Any, student_path: str | Path, train_data: Any, *,
                   storage_path: str | Path, name: str, seed: int = 0, cpus_per_worker: float = 1.0,
-                  torch_threads: int | None = None, probe_size: int = 8,
+                  torch_threads: int | None = None, probe_size: int | None = None,
                   extra_config: dict[str, Any] | None = None):
     """A ``TorchTrainer`` for one tuning run.
 
