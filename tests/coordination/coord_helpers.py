@@ -6,7 +6,6 @@ from types import SimpleNamespace
 import torch
 from PIL import Image
 
-from mmtune.config import TinyLlavaPreset
 from mmtune.models.inputs import IGNORE_INDEX
 
 VOCAB = 11
@@ -46,15 +45,8 @@ def toy_batch(seed=1, b=3, t=7, feat=6):
             "attention_mask": torch.ones(b, t, dtype=torch.long), "labels": labels}
 
 
-# The same small preset and texts as tests/models/conftest.py.
-TEXTS = [
-    "What colour is the circle?", "The circle is in the top left cell.",
-    "The object in the top left cell is red.", "Answer: red", "How many objects are there?",
-    "That makes 2 objects.", "Answer: 2", "Is the digit odd or even?", "The digit is 7.", "7 is odd.",
-] * 5
-
-PRESET = TinyLlavaPreset(vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=32,
-                         text_layers=2, text_heads=2, text_intermediate=64, vocab_size=400)
+# The same small preset and texts as the model tests use.
+from tests.models.conftest import PRESET, TEXTS  # noqa: E402,F401
 
 
 def png(color=(200, 30, 30)) -> bytes:
