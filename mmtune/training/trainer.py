@@ -141,6 +141,7 @@ def build_trainer(training: Any, student: Any, student_path: str | Path, train_d
         paths = [str(train_data)] if isinstance(train_data, (str, Path)) else [str(p) for p in train_data]
         ds = ray.data.read_parquet(paths).select_columns(COLUMNS)
     use_gpu = resolve_use_gpu(training.use_gpu)
+    check_cpu_headroom(training.num_workers, cpus_per_worker, float(ray.cluster_resources().get("CPU", 0)))
     config = {"training": training.model_dump(mode="json"), "student": student.model_dump(mode="json"),
               "student_path": str(student_path), "seed": int(seed), "torch_threads": torch_threads,
               "probe_size": probe_size, **(extra_config or {})}
@@ -156,4 +157,19 @@ def build_trainer(training: Any, student: Any, student_path: str | Path, train_d
     )
 
 
-__all__ = ["build_trainer", "train_loop_per_worker", "resolve_use_gpu"]
+def check_cpu_headroom(num_workers: int, cpus_per_worker: float, cluster_cpus: float) -> None:
+    """Refuse a worker group that leaves Ray Data no CPU to read with.
+
+    Measured on a 2-CPU machine: 2 workers × 1 CPU start, then wait forever for parquet
+    read tasks that can never be scheduled, with no error. Failing here names the fix.
+    (On an autoscaling cluster the total may grow; we only check what exists now.)
+    """
+    need = num_workers * cpus_per_worker
+    if cluster_cpus and need >= cluster_cpus:
+        raise ValueError(
+            f"training.num_workers={num_workers} × {cpus_per_worker} CPU = {need:g} CPUs would take all "
+            f"{cluster_cpus:g} CPUs of the cluster, leaving none for Ray Data to read the training data "
+            "(the run would hang). Use fewer workers, or pass cpus_per_worker=0.5 on a small machine.")
+
+
+__all__ = ["build_trainer", "check_cpu_headroom", "train_loop_per_worker", "resolve_use_gpu"]

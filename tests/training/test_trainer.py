@@ -101,3 +101,11 @@ def test_two_workers_recover_from_a_failure(ray_local, setup, tmp_path):
     result = _trainer(setup, tmp_path, "t2fail", {"_fail_once_after": [2, str(marker)]}).fit()
     assert marker.exists()  # rank 0 raised after step 2; the group restarted from checkpoint 2
     _check_result(result)
+
+
+def test_worker_group_that_starves_ray_data_is_refused():
+    from mmtune.training.trainer import check_cpu_headroom
+
+    check_cpu_headroom(2, 0.5, 2.0)  # leaves 1 CPU for reads: fine
+    with pytest.raises(ValueError, match="leaving none for Ray Data"):
+        check_cpu_headroom(2, 1.0, 2.0)
