@@ -80,7 +80,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         resume_dir = ckpt.to_directory(tempfile.mkdtemp(prefix="mmtune-resume-"))
     local_root = Path(tempfile.mkdtemp(prefix=f"mmtune-ckpt-r{rank}-"))
 
+    from mmtune.metrics import TrainMetrics
+
+    gauges = TrainMetrics(run=str(config.get("run_name", "")), rank=rank, mode=tc.coordination.mode)
+
     def report(metrics: dict[str, Any], path: Path | None) -> None:
+        gauges.record(metrics)  # the dashboard / Prometheus copy of the same figures
         if path is None:
             ray.train.report(_scalar_metrics(metrics))
             return
@@ -144,7 +149,7 @@ def build_trainer(training: Any, student: Any, student_path: str | Path, train_d
     check_cpu_headroom(training.num_workers, cpus_per_worker, float(ray.cluster_resources().get("CPU", 0)))
     config = {"training": training.model_dump(mode="json"), "student": student.model_dump(mode="json"),
               "student_path": str(student_path), "seed": int(seed), "torch_threads": torch_threads,
-              "probe_size": probe_size, **(extra_config or {})}
+              "probe_size": probe_size, "run_name": name, **(extra_config or {})}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,

@@ -91,7 +91,35 @@ def _check_result(result):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_two_workers_train_and_checkpoint(ray_local, setup, tmp_path):
-    _check_result(_trainer(setup, tmp_path, "t2").fit())
+    result = _trainer(setup, tmp_path, "t2").fit()
+    _check_result(result)
+    _check_dashboard_metrics(ray_local, "t2", result.metrics)
+
+
+def _check_dashboard_metrics(ray, run, last):
+    """κ and the learning rates reach the node's Prometheus endpoint, tagged by run/rank."""
+    import time
+
+    from mmtune.metrics import scrape
+
+    port = ray.nodes()[0]["MetricsExportPort"]
+    want = {"ray_mmtune_train_kappa_bar", "ray_mmtune_train_lr_encoder", "ray_mmtune_train_lr_llm",
+            "ray_mmtune_train_loss", "ray_mmtune_train_steps_total"}
+    deadline = time.time() + 60  # Ray exports custom metrics every few seconds
+    while True:
+        got = {k: [(lb, v) for lb, v in vs if lb.get("run") == run] for k, vs in
+               scrape(f"http://127.0.0.1:{port}/metrics").items()}
+        got = {k: v for k, v in got.items() if v}
+        steps = sum(v for _, v in got.get("ray_mmtune_train_steps_total", []))
+        if want <= set(got) and steps >= 8 or time.time() > deadline:
+            break
+        time.sleep(2)
+    assert want <= set(got), sorted(got)
+    assert {lb["rank"] for lb, _ in got["ray_mmtune_train_loss"]} == {"0", "1"}
+    assert steps == 8  # 4 steps on each of 2 workers
+    rank0 = {k: v for k, vals in got.items() for lb, v in vals if lb["rank"] == "0"}
+    assert rank0["ray_mmtune_train_lr_llm"] == pytest.approx(last["lr_llm"], rel=1e-6)
+    assert rank0["ray_mmtune_train_kappa_bar"] == pytest.approx(last["kappa_bar"], rel=1e-6)
 
 
 @pytest.mark.ray

@@ -32,7 +32,7 @@ SKILLS: dict[str, str] = {
     "add": "adding two numbers",
 }
 # Skills the generic student sees rarely (see GENERIC_WEIGHTS in generate.py).
-RARE_SKILLS = frozenset({"size", "parity", "compare", "add"})
+RARE_SKILLS = frozenset({"size", "digit", "parity", "compare", "add"})
 
 LETTERS = "ABCDEFGH"
 YESNO = ("yes", "no")
