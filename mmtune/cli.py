@@ -109,6 +109,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- train
+def cmd_train(args: argparse.Namespace) -> int:
+    from mmtune.runtime import init_ray
+    from mmtune.training.job import run_train_job, training_paths
+
+    cfg = _cfg(args)
+    paths = training_paths(cfg, args.data, progress=_progress)
+    tasks = [t for t in (args.tasks or "").split(",") if t]
+    init_ray(cfg.ray)
+    outcome = run_train_job(cfg, paths, tasks=tasks or None, student=args.student, progress=_progress)
+    if args.evaluate:
+        from mmtune.training.evaluate import evaluate_splits, format_table
+        from mmtune.training.pretrain import resolve_student
+
+        if outcome.adapter_dir is None:
+            raise ConfigError("--evaluate needs LoRA adapters (student.lora.enabled=true)")
+        student = args.student or resolve_student(cfg, progress=_progress)
+        out = Path(outcome.run_dir) / "eval"
+        scores = evaluate_splits(cfg, student, _eval_splits(cfg, "test"), adapter_dir=outcome.adapter_dir,
+                                 out_dir=out, progress=_progress)
+        print(format_table(scores, title=f"tuned student: {outcome.adapter_dir}"))
+    print(json.dumps({"run_dir": outcome.run_dir, "adapter": outcome.adapter_dir, "steps": outcome.steps,
+                      "seconds": outcome.seconds, "final_loss": outcome.metrics.get("loss")}))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The embedded default end to end (issue A scope): data, generic student, evaluation."""
     from mmtune.data.catalog import data_paths
@@ -176,6 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--adapter", default=None, help="PEFT adapter directory to apply")
     _with_config(ev)
     ev.set_defaults(func=cmd_evaluate)
+
+    tr = sub.add_parser("train", help="coordinated tuning of the student on Ray Train (LoRA + encoder)")
+    tr.add_argument("--data", action="append", metavar="PATH",
+                    help="Sample parquet file/dir/glob; repeat for several (default: the configured corpus)")
+    tr.add_argument("--tasks", help="comma-separated task names to keep (the data's `task` column)")
+    tr.add_argument("--student", help="student directory or hub id (default: from config)")
+    tr.add_argument("--evaluate", action="store_true", help="evaluate the tuned student on the test splits")
+    _with_config(tr)
+    tr.set_defaults(func=cmd_train)
 
     demo = sub.add_parser("demo", help="run the embedded default end to end")
     _with_config(demo)

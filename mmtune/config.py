@@ -208,8 +208,14 @@ class TrainingConfig(_Section):
     max_grad_norm: float = Field(1.0, ge=0, description="clip the global grad norm (LLaVA-1.5: 1.0); 0 = off")
     num_workers: int = Field(1, ge=1)
     use_gpu: Literal["auto", True, False] = "auto"
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="ddp: a full replica per worker; fsdp: shard parameters, gradients and optimizer "
+        "state across GPU workers, for students that do not fit one GPU (docs/training.md)")
     checkpoint_every: int = Field(100, ge=1)
     max_failures: int = Field(2, ge=-1)
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs each Ray Train worker reserves (0.5 fits 2 workers on 2 cores)")
+    torch_threads: int | None = Field(None, ge=1, description="torch threads per worker; null = torch's default")
+    log_every: int = Field(10, ge=1, description="steps between progress lines (metrics are reported every step)")
     coordination: CoordinationConfig = CoordinationConfig()
 
 

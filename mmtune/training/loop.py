@@ -26,9 +26,10 @@ No Ray here: the Ray Train adapter (:mod:`mmtune.training.trainer`) calls
 * **Total steps** = ``training.max_steps`` if set, else ceil(epochs × batches per epoch).
   The cosine schedule spans the total, so a resumed run must be given the same total
   (checked against the checkpoint).
-* **Probe batch** for κ: ``probe_size`` samples picked by a permutation seeded with
-  ``seed`` (image-bearing samples first, as D_S is 0 without images); their ids are
-  stored in the checkpoint and the same samples are used after a resume.
+* **Probe batch** for κ: ``probe_size`` samples from ``4 × probe_size`` candidates picked
+  by a permutation seeded with ``seed`` (image-bearing candidates first, as D_S is 0
+  without images); their ids are stored in the checkpoint and the same samples are used
+  after a resume.
 * **Gradient clipping** at ``max_grad_norm`` (1.0, LLaVA-1.5's value) over all trainable
   parameters together; per-group norms are logged *before* clipping. Under coordinate
   descent the frozen group's gradients are dropped before clipping, so its AdamW moments
@@ -64,6 +65,7 @@ from mmtune.coordination import (
 from mmtune.models.inputs import encode_for_training, move_to
 from mmtune.models.student import param_groups
 from mmtune.training import checkpoint as ckpt
+from mmtune.training.shards import image_first, probe_candidate_indices
 
 MAX_GRAD_NORM = 1.0
 ReportFn = Callable[[dict[str, Any], "Path | None"], None]
@@ -121,11 +123,10 @@ def total_steps_for(n_samples: int, cfg: Any) -> int:
 
 
 def pick_probe_ids(samples: Sequence[Mapping[str, Any]], size: int, seed: int) -> list[str]:
-    """``size`` sample ids for the fixed κ probe batch, image-bearing samples first [ours]."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + 7_777_777)
-    perm = torch.randperm(len(samples), generator=g).tolist()
-    perm.sort(key=lambda i: samples[i].get("image") is None)  # stable: keeps the random order
-    return [str(samples[i]["id"]) for i in perm[:size]]
+    """``size`` sample ids for the fixed κ probe batch [ours]: seeded candidates, image-bearing
+    first (see :mod:`mmtune.training.shards`, which makes the same choice out of core)."""
+    cand = [samples[i] for i in probe_candidate_indices(len(samples), size, seed)]
+    return image_first(cand, size)
 
 
 def encode(processor: Any, rows: Sequence[Mapping[str, Any]], device: torch.device) -> dict[str, Any]:
@@ -155,7 +156,8 @@ def run_training(model: torch.nn.Module, processor: Any, samples: Sequence[Mappi
                  stop_after: int | None = None, probe_size: int | None = None,
                  max_grad_norm: float | None = None,
                  train_module: torch.nn.Module | None = None, rank: int = 0,
-                 probe_pool: Sequence[Mapping[str, Any]] | None = None) -> TrainResult:
+                 probe_pool: Sequence[Mapping[str, Any]] | None = None,
+                 probe_ids: Sequence[str] | None = None) -> TrainResult:
     """Train ``model`` (a student after :func:`~mmtune.models.student.apply_lora`) on ``samples``.
 
     * ``samples``: indexable rows of the Sample schema (``id``, ``instruction``,
@@ -174,6 +176,9 @@ def run_training(model: torch.nn.Module, processor: Any, samples: Sequence[Mappi
     * ``probe_pool``: the rows the κ probe batch is drawn from (default ``samples``). Under
       data parallelism pass the same pool on every worker, so all ranks measure the same κ
       and keep the same learning rates.
+    * ``probe_ids``: the probe batch's ids (in ``probe_pool``), when the caller chose them
+      (the Ray worker picks them over the whole dataset); default :func:`pick_probe_ids`.
+      A resumed run always uses the ids stored in its checkpoint.
 
     Returns the per-step metrics (see :data:`METRIC_KEYS`) and the checkpoints written.
     """
@@ -184,8 +189,9 @@ def run_training(model: torch.nn.Module, processor: Any, samples: Sequence[Mappi
     cc = cfg.coordination
     fwd_model = train_module if train_module is not None else model
     device = next(model.parameters()).device
-    by_id = {str(r["id"]): i for i, r in enumerate(samples)}
-    if len(by_id) != len(samples):
+    ids = getattr(samples, "ids", None)  # ArrowRows: ids without reading the payload
+    ids = [str(i) for i in ids] if ids is not None else [str(r["id"]) for r in samples]
+    if len(set(ids)) != len(samples):
         raise ValueError("sample ids must be unique within the training set")
     sampler = EpochSampler(len(samples), tc.batch_size, seed)
     total = int(total_steps) if total_steps is not None else total_steps_for(len(samples), tc)
@@ -213,9 +219,11 @@ def run_training(model: torch.nn.Module, processor: Any, samples: Sequence[Mappi
         random.seed(seed + rank)
         step, pos = 0, DataPosition()
         pool0 = probe_pool if probe_pool is not None else samples
-        probe_ids = pick_probe_ids(pool0, min(probe_size, len(pool0)), seed)
+        probe_ids = (list(probe_ids) if probe_ids is not None
+                     else pick_probe_ids(pool0, min(probe_size, len(pool0)), seed))
     pool = probe_pool if probe_pool is not None else samples
-    pool_ids = {str(r["id"]): i for i, r in enumerate(pool)}
+    pool_ids = ({sid: i for i, sid in enumerate(ids)} if pool is samples
+                else {str(r["id"]): i for i, r in enumerate(pool)})
     missing = [i for i in probe_ids if i not in pool_ids]
     if missing:
         raise ValueError(f"probe sample ids {missing[:3]} are not in the probe pool")

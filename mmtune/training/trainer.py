@@ -8,13 +8,14 @@ and checkpoints under ``RunConfig(storage_path)``. Each step's metrics go to
 **Choices [ours]:**
 
 * **Data sharding is done by the workers, not by Ray Data's split.** The parquet files are
-  read with ``ray.data.read_parquet`` and passed as the ``train`` dataset with
-  ``DataConfig(datasets_to_split=[])``: every worker iterates the whole (column-pruned)
-  dataset from ``get_dataset_shard("train")``, sorts it by sample id and keeps rows
-  ``rank::world_size``. Ray Data's streaming split assigns blocks dynamically, so a worker
-  restarted after a failure may see other rows, which would break exact resume; the
-  id-sorted stride is identical on every attempt. Cost: each worker holds its shard in
-  memory (the tuning subset, not the corpus) and reads the whole dataset once.
+  read with ``ray.data.read_parquet`` and passed twice with
+  ``DataConfig(datasets_to_split=[])``: ``train_ids`` (the id column only) and ``train``.
+  Each worker sorts every id, keeps ``rank::world_size``, then streams ``train`` once and
+  spills its rows to a local memory-mapped Arrow file (:mod:`mmtune.training.shards`).
+  Ray Data's streaming split assigns blocks dynamically, so a worker restarted after a
+  failure may see other rows, which would break exact resume; the id-sorted stride is
+  identical on every attempt. Memory holds ids only, so a corpus larger than memory
+  trains; the cost is one extra id-only read and local disk for the worker's shard.
 * **Same κ on every rank.** The probe batch is drawn from the whole dataset (every worker
   has it), so all ranks measure the same κ on the same all-reduced update and keep the
   same per-group learning rates. Reported metrics are rank 0's (its local loss).
@@ -27,23 +28,40 @@ and checkpoints under ``RunConfig(storage_path)``. Each step's metrics go to
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
-COLUMNS = ["id", "instruction", "response", "image"]
-
-
-def _row(r: Any) -> dict[str, Any]:
-    img = r.get("image")
-    return {"id": str(r["id"]), "instruction": str(r["instruction"]), "response": str(r["response"]),
-            "image": bytes(img) if img is not None else None}
+from mmtune.training.shards import COLUMNS  # the columns a worker reads
 
 
 def _scalar_metrics(m: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in m.items() if isinstance(v, (int, float))}
+
+
+HISTORY_FILE = "history.jsonl"
+
+
+def _write_history(ckpt_dir: Path, history: list[dict[str, float]]) -> None:
+    with open(ckpt_dir / HISTORY_FILE, "w") as f:
+        for m in history:
+            f.write(json.dumps(m) + "\n")
+
+
+def _load_history(ckpt_dir: str | Path | None) -> list[dict[str, float]]:
+    """The per-step metrics up to a checkpoint (so a resumed run's curve is whole)."""
+    if ckpt_dir is None or not (Path(ckpt_dir) / HISTORY_FILE).is_file():
+        return []
+    return [json.loads(line) for line in (Path(ckpt_dir) / HISTORY_FILE).read_text().splitlines() if line]
+
+
+def read_history(ckpt_dir: str | Path) -> list[dict[str, float]]:
+    """Every step's metrics (rank 0) up to the checkpoint ``ckpt_dir``."""
+    return _load_history(ckpt_dir)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -64,14 +82,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
 
-    rows = sorted((_row(r) for r in ray.train.get_dataset_shard("train").iter_rows()), key=lambda r: r["id"])
-    mine = rows[rank::world]
-    total = total_steps_for(math.ceil(len(rows) / world), tc)
+    from mmtune.training.shards import load_shard
+
+    spill_dir = Path(tempfile.mkdtemp(prefix=f"mmtune-shard-r{rank}-"))
+    t_load = time.time()
+    mine, probe_rows, probe_ids, n_total = load_shard(
+        ray.train.get_dataset_shard("train").iter_batches(batch_size=256, batch_format="pyarrow"),
+        ray.train.get_dataset_shard("train_ids").iter_batches(batch_size=65536, batch_format="pyarrow"),
+        rank, world, config.get("probe_size") or tc.coordination.probe_size, seed, spill_dir)
+    total = total_steps_for(math.ceil(n_total / world), tc)
+    if rank == 0:
+        print(f"[train] {n_total} samples over {world} worker(s): {len(mine)} on rank 0, spilled to "
+              f"{spill_dir} in {time.time() - t_load:.1f}s; {total} steps", flush=True)
 
     model, processor = load_student(config["student_path"], sc)
     torch.manual_seed(seed)  # same LoRA init on every rank (DDP also broadcasts rank 0's)
     model = apply_lora(model, sc)
-    wrapped = ray.train.torch.prepare_model(model)
+    wrapped = ray.train.torch.prepare_model(model, **parallel_kwargs(tc.parallel))
     inner = wrapped.module if hasattr(wrapped, "module") else wrapped
 
     resume_dir = None
@@ -84,8 +111,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     gauges = TrainMetrics(run=str(config.get("run_name", "")), rank=rank, mode=tc.coordination.mode)
 
+    history = _load_history(resume_dir)  # rank 0 keeps the loss curve inside each checkpoint
+    log_every = max(1, int(config.get("log_every") or 10))
+
     def report(metrics: dict[str, Any], path: Path | None) -> None:
         gauges.record(metrics)  # the dashboard / Prometheus copy of the same figures
+        if rank == 0:
+            history.append(_scalar_metrics(metrics))
+            step = int(metrics["step"])
+            if step % log_every == 0 or step == total:
+                print(f"[train] step {step}/{total} loss {metrics['loss']:.4f} "
+                      f"κ̄ {metrics['kappa_bar']:.3g} lr enc {metrics['lr_encoder']:.2e} llm "
+                      f"{metrics['lr_llm']:.2e} {metrics['samples_per_s'] * world:.0f} samples/s", flush=True)
+            if path is not None:
+                _write_history(path, history)
         if path is None:
             ray.train.report(_scalar_metrics(metrics))
             return
@@ -107,11 +146,40 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     try:
         run_training(inner, processor, mine, tc, seed=seed, total_steps=total, checkpoint_root=local_root,
                      resume_from=resume_dir, report=report, train_module=wrapped, rank=rank,
-                     probe_pool=rows, probe_size=config.get("probe_size"))
+                     probe_pool=probe_rows, probe_ids=probe_ids, probe_size=config.get("probe_size"))
     finally:
         shutil.rmtree(local_root, ignore_errors=True)
+        shutil.rmtree(spill_dir, ignore_errors=True)
         if resume_dir is not None:
             shutil.rmtree(resume_dir, ignore_errors=True)
+
+
+def parallel_kwargs(parallel: str) -> dict[str, Any]:
+    """``prepare_model`` arguments for ``training.parallel``.
+
+    FSDP needs ``use_orig_params=True`` with LoRA: only the adapter (and projector)
+    parameters are trainable, and FSDP's flattened parameters would otherwise mix frozen
+    and trainable tensors in one flat buffer, which it refuses.
+    """
+    if parallel == "fsdp":
+        return {"parallel_strategy": "fsdp", "parallel_strategy_kwargs": {"use_orig_params": True}}
+    return {"parallel_strategy": "ddp"}
+
+
+def check_parallel(parallel: str, use_gpu: bool, mode: str) -> None:
+    """Refuse FSDP where it cannot work, before any worker starts."""
+    if parallel != "fsdp":
+        return
+    if not use_gpu:
+        raise ValueError("training.parallel=fsdp shards the model over GPU workers, but this run has no GPU "
+                         "(training.use_gpu resolved to false); use training.parallel=ddp on CPU")
+    if mode in ("commit", "commit_clr", "constant", "static"):
+        # κ is measured by applying each group's update alone to full parameters; under
+        # FSDP each rank holds a shard only. Not implemented yet: say so rather than
+        # report a κ computed on shards.
+        raise ValueError(f"training.parallel=fsdp with coordination.mode={mode!r} is not supported yet: "
+                         "the κ probe needs full parameters on every rank. Use mode=feature_cd/language_cd, "
+                         "or parallel=ddp (LoRA keeps the trainable state small)")
 
 
 def resolve_use_gpu(use_gpu: Any) -> bool:
@@ -146,6 +214,7 @@ def build_trainer(training: Any, student: Any, student_path: str | Path, train_d
         paths = [str(train_data)] if isinstance(train_data, (str, Path)) else [str(p) for p in train_data]
         ds = ray.data.read_parquet(paths).select_columns(COLUMNS)
     use_gpu = resolve_use_gpu(training.use_gpu)
+    check_parallel(training.parallel, use_gpu, training.coordination.mode)
     check_cpu_headroom(training.num_workers, cpus_per_worker, float(ray.cluster_resources().get("CPU", 0)))
     config = {"training": training.model_dump(mode="json"), "student": student.model_dump(mode="json"),
               "student_path": str(student_path), "seed": int(seed), "torch_threads": torch_threads,
@@ -157,7 +226,9 @@ def build_trainer(training: Any, student: Any, student_path: str | Path, train_d
                                      resources_per_worker={"CPU": cpus_per_worker}),
         run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve()),
                              failure_config=FailureConfig(max_failures=training.max_failures)),
-        datasets={"train": ds},
+        # "train_ids" is the same data pruned to its id column: workers plan their shard
+        # from it without reading any image bytes (mmtune.training.shards).
+        datasets={"train": ds, "train_ids": ds.select_columns(["id"])},
         dataset_config=ray.train.DataConfig(datasets_to_split=[]),
     )
 
@@ -177,4 +248,5 @@ def check_cpu_headroom(num_workers: int, cpus_per_worker: float, cluster_cpus: f
             "(the run would hang). Use fewer workers, or pass cpus_per_worker=0.5 on a small machine.")
 
 
-__all__ = ["build_trainer", "check_cpu_headroom", "train_loop_per_worker", "resolve_use_gpu"]
+__all__ = ["build_trainer", "check_cpu_headroom", "parallel_kwargs", "read_history", "resolve_use_gpu",
+           "train_loop_per_worker"]

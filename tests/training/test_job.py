@@ -1,0 +1,59 @@
+"""``mmtune train``: one worker on a local Ray, from parquet to a PEFT-loadable adapter."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mmtune.cli import main
+from mmtune.training.job import expand_parquet
+
+from .test_trainer import setup  # noqa: F401  (module fixture: tiny student + two parquet shards)
+
+
+def test_expand_parquet_dirs_globs_and_errors(tmp_path):
+    (tmp_path / "d").mkdir()
+    for name in ("d/a.parquet", "d/b.parquet", "d/quarantine.parquet", "c.parquet"):
+        (tmp_path / name).write_bytes(b"")
+    assert expand_parquet([str(tmp_path / "d")]) == [str(tmp_path / "d/a.parquet"), str(tmp_path / "d/b.parquet")]
+    assert expand_parquet([str(tmp_path / "*.parquet"), str(tmp_path / "c.parquet")]) == [str(tmp_path / "c.parquet")]
+    with pytest.raises(FileNotFoundError, match="mmtune data import"):
+        expand_parquet([str(tmp_path / "missing")])
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_train_cli_writes_a_peft_adapter_and_summary(ray_local, setup, tmp_path, capsys):  # noqa: F811
+    from peft import PeftModel
+
+    from mmtune.config import StudentConfig
+    from mmtune.models.student import load_student
+
+    rc = main(["train", "--config", "configs/demo.yaml", "--student", str(setup / "student"),
+               "--data", str(setup / "part-0.parquet"), "--data", str(setup / "part-1.parquet"),
+               "--tasks", "colour",
+               f"run.out_dir={tmp_path}", "run.name=t", "training.max_steps=3", "training.batch_size=4",
+               "training.checkpoint_every=2", "training.num_workers=1", "training.torch_threads=1",
+               "training.coordination.interval=2", "training.log_every=1", "student.lora.r=4",
+               "student.lora.alpha=8", "student.dtype=float32"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out.strip().splitlines()[-1])
+    run = Path(summary["run_dir"])
+    assert summary["steps"] == 3 and run == tmp_path / "t" / "train"
+    history = [json.loads(x) for x in (run / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [1, 2, 3]
+    saved = json.loads((run / "summary.json").read_text())
+    assert saved["samples"] == 12 and saved["metrics"]["step"] == 3
+    base, _ = load_student(setup / "student", StudentConfig(dtype="float32"))
+    tuned = PeftModel.from_pretrained(base, summary["adapter"])
+    assert any("lora_" in n for n, _ in tuned.named_parameters())
+
+
+def test_train_cli_names_unknown_tasks(ray_local, setup, tmp_path, capsys):  # noqa: F811
+    rc = main(["train", "--config", "configs/demo.yaml", "--student", str(setup / "student"),
+               "--data", str(setup), "--tasks", "nope", f"run.out_dir={tmp_path}"])
+    assert rc == 1
+    assert "['nope'] not in the training data" in capsys.readouterr().err
