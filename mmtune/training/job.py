@@ -77,7 +77,7 @@ def training_dataset(paths: Sequence[str], tasks: Sequence[str] | None = None):
     ds = ray.data.read_parquet(list(paths))
     if tasks:
         wanted = set(tasks)
-        have = set(ray.data.read_parquet(list(paths), columns=["task"]).unique("task"))
+        have = set(ray.data.read_parquet(list(paths)).select_columns(["task"]).unique("task"))
         unknown = sorted(wanted - have)
         if unknown:
             raise ValueError(f"--tasks {unknown} not in the training data; it has: {sorted(have)}")
