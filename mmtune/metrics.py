@@ -21,7 +21,7 @@ PREFIX = "mmtune_"
 # name (without the prefix) -> (metric key in the training loop's report, description)
 TRAIN_GAUGES: dict[str, tuple[str, str]] = {
     "train_loss": ("loss", "training loss of the last step (this worker's batch)"),
-    "train_kappa": ("kappa", "CoMMIT balance coefficient kappa = D_S/D_T at the last probe"),
+    "train_kappa": ("kappa", "CoMMIT balance coefficient kappa = D_T/D_S at the last probe"),
     "train_kappa_bar": ("kappa_bar", "EMA of kappa (exp of the EMA of log kappa) the scheduler follows"),
     "train_d_s": ("d_s", "D_S: output change from the encoder group's update alone (KL)"),
     "train_d_t": ("d_t", "D_T: output change from the LLM group's update alone (KL)"),

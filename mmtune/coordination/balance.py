@@ -30,8 +30,9 @@ how far an update of one component moves the output, relative to the other.
   and each per-token KL is clamped at ≥ 0 against rounding.
 * Edge cases: a group with no trainable parameters ("empty_group"), or whose update is
   exactly zero this step ("frozen_group", e.g. lr 0 under coordinate descent), makes κ
-  undefined: ``kappa is None``. If D_S or D_T is 0 while both groups moved, κ is computed
-  as max(D_T, ε) / max(D_S, ε) and flagged ("d_s_zero"/"d_t_zero"). A NaN/inf divergence
+  undefined: ``kappa is None``. If D_S or D_T is 0 (below ε = 1e-12, numerically no
+  change) while both groups moved, κ is computed as max(D_T, ε) / max(D_S, ε) and flagged
+  ("d_s_zero"/"d_t_zero"). A NaN/inf divergence
   gives ``kappa is None`` and the flag "nonfinite".
 * :class:`BalanceTracker` keeps an exponential moving average of log κ with bias correction
   (weights ∝ decay^(n−i), summing to 1), so κ̄ = exp(EMA) is the exponentially weighted
@@ -207,9 +208,12 @@ def kappa_from_divergences(d_s: float, d_t: float, eps: float = KAPPA_EPS) -> tu
     if not (math.isfinite(d_s) and math.isfinite(d_t)):
         return None, ("nonfinite",)
     flags = []
-    if d_s <= 0.0:
+    # Below ε a divergence is numerically no change (float32 logits round at ~1e-7, so
+    # KL noise is ~1e-14): e.g. the last steps of a cosine schedule. Clamping both to ε
+    # would give κ = 1 and pull κ̄ toward 1, so such a measurement is flagged, not used.
+    if d_s < eps:
         flags.append("d_s_zero")
-    if d_t <= 0.0:
+    if d_t < eps:
         flags.append("d_t_zero")
     kappa = max(d_t, eps) / max(d_s, eps)
     if not math.isfinite(kappa):

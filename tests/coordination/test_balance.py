@@ -107,6 +107,11 @@ def test_zero_divergence_is_clamped_and_flagged():
     tr = BalanceTracker(0.9)
     assert tr.update(m) is False and tr.kappa_bar == 1.0 and tr.skipped == {"d_s_zero": 1}
     assert kappa_from_divergences(0.0, 0.0) == (1.0, ("d_s_zero", "d_t_zero"))
+    # below resolution (the tail of a cosine schedule): flagged, so never folded into κ̄
+    k, flags = kappa_from_divergences(5e-14, 2e-13)
+    assert flags == ("d_s_zero", "d_t_zero")
+    assert kappa_from_divergences(5e-14, 2e-3)[1] == ("d_s_zero",)
+    assert kappa_from_divergences(3e-9, 2e-8) == (pytest.approx(2e-8 / 3e-9), ())
     k, flags = kappa_from_divergences(0.3, 0.0)
     assert flags == ("d_t_zero",) and k == pytest.approx(1e-12 / 0.3)
 
