@@ -23,6 +23,9 @@ def _progress(msg: str) -> None:
 def _cfg(args: argparse.Namespace) -> RunConfig:
     cfg = load_config(args.config, args.overrides)
     logging.basicConfig(level=cfg.run.log_level, format="%(levelname)s %(name)s: %(message)s")
+    # faiss logs each CPU-feature import it tries at INFO, bm25s at DEBUG: noise, not news
+    for name in ("faiss", "faiss.loader", "bm25s"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
     return cfg
 
 
@@ -135,6 +138,43 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- index
+def _index_dir(cfg: RunConfig, out: str | None) -> Path:
+    return Path(out) if out else Path(cfg.run.out_dir) / cfg.run.name / "index"
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from mmtune.retrieval.corpus_index import build_corpus_index
+    from mmtune.runtime import init_ray
+    from mmtune.training.job import training_paths
+
+    cfg = _cfg(args)
+    files = training_paths(cfg, args.data, progress=_progress)
+    init_ray(cfg.ray)
+    state = build_corpus_index(cfg, files, _index_dir(cfg, args.out), rebuild=args.rebuild, progress=_progress)
+    for q in args.query or []:
+        _print_hits(cfg, _index_dir(cfg, args.out), q, args.k)
+    print(json.dumps({k: state[k] for k in ("count", "dim", "index_type", "device", "vector_dir", "bm25_dir")}))
+    return 0
+
+
+def _print_hits(cfg: RunConfig, index_dir: Path, query: str, k: int) -> None:
+    from mmtune.retrieval.corpus_index import load_corpus_index
+    from mmtune.retrieval.embed import TextEmbedder
+
+    vindex, bm25 = load_corpus_index(index_dir)
+    if cfg.retrieval.text == "image":
+        raise ConfigError("--query searches text; this index holds image embeddings")
+    hits = vindex.search(TextEmbedder(cfg.retrieval.embedder)([query]), k)
+    print(f"query: {query!r}")
+    for rank, (sid, score) in enumerate(zip(hits.ids[0], hits.scores[0]), 1):
+        print(f"  dense {rank:>2}. {sid}  {float(score):.3f}")
+    if bm25 is not None:
+        bh = bm25.search([query], k)
+        for rank, (sid, score) in enumerate(zip(bh.ids[0], bh.scores[0]), 1):
+            print(f"  bm25  {rank:>2}. {sid}  {float(score):.3f}")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The embedded default end to end (issue A scope): data, generic student, evaluation."""
     from mmtune.data.catalog import data_paths
@@ -211,6 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--evaluate", action="store_true", help="evaluate the tuned student on the test splits")
     _with_config(tr)
     tr.set_defaults(func=cmd_train)
+
+    ix = sub.add_parser("index", help="embed the corpus with Ray Data and build its FAISS + BM25 index")
+    ix.add_argument("--data", action="append", metavar="PATH",
+                    help="Sample parquet file/dir/glob; repeat for several (default: the configured corpus)")
+    ix.add_argument("--out", help="index directory (default: runs/<run.name>/index)")
+    ix.add_argument("--rebuild", action="store_true", help="discard existing embeddings and start over")
+    ix.add_argument("--query", action="append", help="print the top hits for this text (repeatable)")
+    ix.add_argument("-k", type=int, default=5, help="hits per --query")
+    _with_config(ix)
+    ix.set_defaults(func=cmd_index)
 
     demo = sub.add_parser("demo", help="run the embedded default end to end")
     _with_config(demo)

@@ -85,7 +85,8 @@ class TextEmbedder:
         if self.device.startswith("cuda"):
             self.model.half()
         self.batch_size = batch_size
-        self.dim = int(self.model.get_sentence_embedding_dimension())
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())  # renamed in sentence-transformers 6
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         if not len(texts):
