@@ -220,7 +220,10 @@ class TrainingConfig(_Section):
     max_failures: int = Field(2, ge=-1)
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs each Ray Train worker reserves (0.5 fits 2 workers on 2 cores)")
     torch_threads: int | None = Field(None, ge=1, description="torch threads per worker; null = torch's default")
-    log_every: int = Field(10, ge=1, description="steps between progress lines (metrics are reported every step)")
+    log_every: int = Field(10, ge=1, description="steps between progress lines")
+    report_every: int = Field(
+        10, ge=1, description="steps between ray.train.report calls (Ray Train polls reports every 2 s, so "
+        "reporting every fast step would cap throughput); every step still reaches Ray's metrics and the history")
     coordination: CoordinationConfig = CoordinationConfig()
 
 

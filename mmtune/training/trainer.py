@@ -2,8 +2,9 @@
 
 ``TorchTrainer`` with ``ScalingConfig(num_workers, use_gpu)`` from ``training``, DDP through
 ``ray.train.torch.prepare_model`` (gloo on CPU, NCCL on GPU), ``FailureConfig(max_failures)``
-and checkpoints under ``RunConfig(storage_path)``. Each step's metrics go to
-``ray.train.report``; the steps that checkpoint attach the checkpoint directory.
+and checkpoints under ``RunConfig(storage_path)``. Metrics go to ``ray.train.report``
+every ``training.report_every`` steps and with every checkpoint; every step's go to Ray's
+metrics (``mmtune.metrics``) and to the history kept in each checkpoint.
 
 **Choices [ours]:**
 
@@ -113,6 +114,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     history = _load_history(resume_dir)  # rank 0 keeps the loss curve inside each checkpoint
     log_every = max(1, int(config.get("log_every") or 10))
+    report_every = max(1, int(tc.report_every))
 
     def report(metrics: dict[str, Any], path: Path | None) -> None:
         gauges.record(metrics)  # the dashboard / Prometheus copy of the same figures
@@ -126,7 +128,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if path is not None:
                 _write_history(path, history)
         if path is None:
-            ray.train.report(_scalar_metrics(metrics))
+            # Ray Train V2 collects reports by polling workers (every 2 s by default) and a
+            # worker holds one unread report, so reporting every step caps the loop at one
+            # step per poll (bench/train_throughput.py). Every step still reaches the
+            # gauges and history; Ray Train gets every report_every-th step (the same
+            # steps on every rank) and every checkpoint.
+            if int(metrics["step"]) % report_every == 0 or int(metrics["step"]) == total:
+                ray.train.report(_scalar_metrics(metrics))
             return
         ray.train.report(_scalar_metrics(metrics), checkpoint=ray.train.Checkpoint.from_directory(str(path)),
                          checkpoint_dir_name=path.name)
