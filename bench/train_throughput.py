@@ -1,6 +1,6 @@
 """Benchmark: what Ray Train costs over the plain per-worker loop, measured side by side.
 
-    python -m bench.train_throughput [--steps 30] [--batch 16] [--warmup 5] [--samples 320]
+    python -m bench.train_throughput [--steps 45] [--batch 16] [--warmup 5] [--samples 320]
         [--threads 1] [--modes constant[,commit]] [--ray-poll default[,0.1]] [--no-gpu] [--write]
         [KEY=VALUE ...]
 
@@ -161,14 +161,19 @@ def machine() -> str:
 
 
 def steady_rate(stamps: Sequence[tuple[int, float]], samples_per_step: int, warmup: int) -> tuple[float, float]:
-    """(samples/s, window seconds) between the reports of step ``warmup`` and the step
-    before the last; ``stamps`` are (completed step, time) pairs, one per report."""
+    """(samples/s, window seconds) between the first report at or after step ``warmup`` and
+    the last report before the final step (which checkpoints); ``stamps`` are (completed
+    step, time) pairs, one per report. Ray Train reports every ``training.report_every``
+    steps, the plain loop every step."""
     t = dict(stamps)
-    last = max(t) - 1
-    if warmup < 1 or last <= warmup or warmup not in t or last not in t:
-        raise ValueError(f"need steps ≥ warmup + 2 (warmup {warmup}, steps {max(t)})")
-    window = t[last] - t[warmup]
-    return (last - warmup) * samples_per_step / window, window
+    final = max(t) if t else 0
+    after = sorted(s for s in t if s >= warmup and s < final)
+    if warmup < 1 or len(after) < 2:
+        raise ValueError(f"need two reports between step {warmup} and the last step {final} "
+                         "(more steps, or a smaller training.report_every)")
+    first, last = after[0], after[-1]
+    window = t[last] - t[first]
+    return (last - first) * samples_per_step / window, window
 
 
 def instep_rate(history: Sequence[dict[str, Any]], warmup: int, workers: int = 1) -> float:
@@ -500,7 +505,7 @@ def _start_ray(cfg: Any, tmp: Path, poll: str) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"))
-    ap.add_argument("--steps", type=int, default=30, help="steps per measurement")
+    ap.add_argument("--steps", type=int, default=45, help="steps per measurement")
     ap.add_argument("--batch", type=int, default=16, help="batch size per worker")
     ap.add_argument("--warmup", type=int, default=5, help="steps left out of the steady-state window")
     ap.add_argument("--samples", type=int, default=320, help="SkillWorld corpus rows to train on")

@@ -38,6 +38,9 @@ def test_steady_rate_leaves_out_warmup_and_last_step():
     assert tp.steady_rate(stamps, 8, warmup=2) == (16 / 2.0, 2.0)
     with pytest.raises(ValueError):
         tp.steady_rate(stamps[:3], 8, warmup=2)
+    # Ray Train reports every report_every steps: the window runs between reports
+    sparse = [(10, 5.0), (20, 7.0), (30, 9.0), (40, 50.0)]
+    assert tp.steady_rate(sparse, 16, warmup=5) == (20 * 16 / 4.0, 4.0)
 
 
 def test_peak_table():
