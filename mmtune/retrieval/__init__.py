@@ -1,0 +1,1 @@
+"""Retrieval: embedders, FAISS/BM25 indexes, budgeted selection and its baselines."""
