@@ -40,7 +40,8 @@ report, so a loop that reports every step cannot run faster than one step per po
 ``--ray-poll default,0.1`` measures the Ray rows again with a restarted Ray whose
 processes inherit a 0.1 s poll, to separate that cap from the rest of Ray's cost.
 
-**to step 1 s** is from the start of a row to step 1's report and **end-to-end s** the
+**to step 1 s** is from the start of a row to the end of step 1 (for Ray rows, which report
+every ``training.report_every`` steps, extrapolated back from the first report) and **end-to-end s** the
 wall time of the whole row: for plain, loading the student, reading the parquet, applying
 LoRA and training; for Ray, ``build_trainer`` + ``fit()`` (Ray Data read, worker group start,
 model load in each worker, training, the final checkpoint). ``ray.init`` is reported
@@ -176,6 +177,13 @@ def steady_rate(stamps: Sequence[tuple[int, float]], samples_per_step: int, warm
     return (last - first) * samples_per_step / window, window
 
 
+def startup_time(stamps: Sequence[tuple[int, float]], t0: float, seconds_per_step: float) -> float:
+    """Seconds from ``t0`` to step 1's end. Ray Train reports every ``report_every``
+    steps, so step 1 is extrapolated back from the first report at the steady step time."""
+    first = min(dict(stamps))
+    return dict(stamps)[first] - t0 - (first - 1) * seconds_per_step
+
+
 def instep_rate(history: Sequence[dict[str, Any]], warmup: int, workers: int = 1) -> float:
     """Samples over summed in-step time for steps after ``warmup`` (rank 0's step times)."""
     h = [m for m in history if m["step"] > warmup and m["samples_per_s"] > 0]
@@ -263,7 +271,7 @@ def measure_plain(cfg: Any, setup: Setup, mode: str, *, steps: int, batch: int, 
         torch.set_num_threads(before)
     steady, window = steady_rate(stamps, batch, warmup)
     return Row(mode, "plain", 1, threads, None, batch, steps, steady, instep_rate(result.history, warmup),
-               window, e2e, dict(stamps)[1] - t0, load)
+               window, e2e, startup_time(stamps, t0, batch / steady), load)
 
 
 def _stamp_callback(path: Path):
@@ -318,7 +326,8 @@ def measure_ray(cfg: Any, setup: Setup, mode: str, *, workers: int, steps: int, 
     steady, window = steady_rate(stamps, batch * workers, warmup)
     history = [r["metrics"][0] for r in reports]  # rank 0's in-step times
     return Row(mode, f"ray-{workers}", workers, threads, cpw, batch, steps, steady,
-               instep_rate(history, warmup, workers), window, e2e, dict(stamps)[1] - t0, load, poll_s)
+               instep_rate(history, warmup, workers), window, e2e,
+               startup_time(stamps, t0, batch * workers / steady), load, poll_s)
 
 
 def measure_all(cfg: Any, setup: Setup, *, modes: Sequence[str], steps: int, batch: int, warmup: int,
