@@ -14,7 +14,8 @@ normalising), index size (``len(faiss.serialize_index(index))``), the process RS
 over the build, QPS of one batch search of the 1000 queries (k = 10), and recall@10
 against the Flat index's exact top-10. With faiss-gpu and a GPU, Flat and IVF are also
 searched on the GPU. With ``--write`` the section between the ``bench:index`` markers in
-docs/benchmarks.md is replaced (appended when missing), machine, date and command included.
+docs/benchmarks.md is replaced (appended when missing), machine, date and command included;
+it is not written while git shows uncommitted edits to that file.
 """
 
 from __future__ import annotations
@@ -100,18 +101,23 @@ def params_for(kind: str, n: int, args: argparse.Namespace) -> dict:
             p["nlist"] = args.nlist
         elif n > args.big:
             p["nlist"] = args.big_nlist  # 4·√n (4000 at 1M) k-means does not fit the time budget on 2 cores
-        if args.nprobe:
-            p["nprobe"] = args.nprobe
         if args.train_per_list:
             from mmtune.retrieval.index import default_nlist
 
             p["train_size"] = args.train_per_list * p.get("nlist", default_nlist(n))
     if kind == "hnsw":
-        big = n > args.big
-        p.update(hnsw_m=args.big_hnsw_m if big else args.hnsw_m,
-                 ef_construction=args.big_ef_construction if big else args.ef_construction,
-                 ef_search=args.ef_search)
+        p.update({k: v for k, v in (("hnsw_m", args.hnsw_m), ("ef_construction", args.ef_construction)) if v})
     return p
+
+
+def search_settings(vi, args: argparse.Namespace) -> list[tuple[str, int | None]]:
+    """The search-time knob values to time for one built index (no rebuild between them)."""
+    if vi.index_type in ("ivf_flat", "ivf_pq"):
+        default = vi.nprobe
+        return [("nprobe", v) for v in sorted({max(1, default // 4), default} | set(args.nprobes))]
+    if vi.index_type == "hnsw":
+        return [("ef_search", v) for v in sorted({vi.ef_search} | set(args.ef_searches))]
+    return [("", None)]
 
 
 def describe(vi) -> str:
@@ -124,10 +130,6 @@ def describe(vi) -> str:
     return "exact"
 
 
-def recall(found: list[list[str]], truth: list[list[str]]) -> float:
-    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
-
-
 def run_size(n: int, args: argparse.Namespace, types: list[str]) -> list[dict]:
     import faiss
 
@@ -138,7 +140,8 @@ def run_size(n: int, args: argparse.Namespace, types: list[str]) -> list[dict]:
     ids = [f"v{i}" for i in range(n)]
     log(f"n={n:,}: data {x.nbytes / 2**20:.0f} MiB generated in {time.time() - t0:.0f} s")
     rows: list[dict] = []
-    truth: list[list[str]] | None = None
+    truth: list[set[int]] = []
+    true_score = float("nan")
     gpus = gpu_count()
     for kind in types:
         r0 = rss()
@@ -147,35 +150,55 @@ def run_size(n: int, args: argparse.Namespace, types: list[str]) -> list[dict]:
         build_s = time.time() - t
         r1 = rss()
         size = len(faiss.serialize_index(vi.index))
-        devices = [("cpu", vi)]
+        devices = [vi]
         if gpus and kind != "hnsw":
-            devices.append((f"gpu x{gpus}", VectorIndex(vi.index, vi.ids, vi.meta, use_gpu=True)))
-        for dev, index in devices:
-            index.search(q[:10], 10)  # warm-up (GPU copy, caches)
-            t = time.time()
-            hits = index.search(q, 10)
-            search_s = time.time() - t
-            found = hits.ids
-            if kind == "flat" and dev == "cpu":
-                truth = found
-            rows.append({"n": n, "index": kind, "params": describe(vi), "device": index.device,
-                         "build_s": build_s, "bytes": size, "rss": r1 - r0, "qps": len(q) / search_s,
-                         "recall": recall(found, truth) if truth is not None else float("nan")})
-            log(f"n={n:,} {kind:8s} {dev}: build {build_s:.1f} s, {size / 2**20:.0f} MiB, "
-                f"{len(q) / search_s:,.0f} QPS, recall@10 {rows[-1]['recall']:.3f}")
+            devices.append(VectorIndex(vi.index, vi.ids, vi.meta, use_gpu=True))
+        for index in devices:
+            for knob, value in search_settings(vi, args):
+                if knob:
+                    setattr(index, knob, value)
+                index.search(q[:10], 10)  # warm-up (GPU copy, caches)
+                t = time.time()
+                hits = index.search(q, 10)
+                search_s = time.time() - t
+                # exact cosine of what was found (IVF-PQ's own scores are approximations)
+                found = [np.sort(x[p] @ q[i])[::-1] for i, p in enumerate(hits.positions)]
+                if kind == "flat" and index.device == "cpu":
+                    truth = [set(p.tolist()) for p in hits.positions]
+                    true_score = float(np.mean([f.mean() for f in found]))
+                rec = float(np.mean([len(set(p.tolist()) & t_) / len(t_) for p, t_ in zip(hits.positions, truth)]))
+                ratio = float(np.mean([f.mean() for f in found])) / true_score
+                rows.append({"n": n, "index": kind, "params": describe(index), "device": index.device,
+                             "build_s": build_s, "bytes": size, "rss": r1 - r0, "qps": len(q) / search_s,
+                             "recall": rec, "ratio": ratio})
+                log(f"n={n:,} {kind:8s} {describe(index)} [{index.device}]: build {build_s:.1f} s, "
+                    f"{size / 2**20:.0f} MiB, {len(q) / search_s:,.0f} QPS, recall@10 {rec:.3f}, ratio {ratio:.4f}")
         del vi, devices, index, hits
     del x, q
     gc.collect()
     return rows
 
 
+def uncommitted(path: Path) -> bool:
+    """Whether git reports changes to ``path`` in the working tree (then --write leaves it alone)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--", str(path)], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return bool(out.stdout.strip())
+
+
 def table(rows: list[dict]) -> str:
     out = ["| vectors | index | parameters | search device | build (s) | index size (MiB) | RSS growth (MiB) "
-           "| QPS (1000 queries, k=10) | recall@10 vs Flat |",
-           "|---:|---|---|---|---:|---:|---:|---:|---:|"]
+           "| QPS (1000 queries, k=10) | recall@10 vs Flat | top-10 score ratio |",
+           "|---:|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         out.append(f"| {r['n']:,} | {r['index']} | {r['params']} | {r['device']} | {r['build_s']:.1f} | "
-                   f"{r['bytes'] / 2**20:,.0f} | {r['rss'] / 2**20:,.0f} | {r['qps']:,.0f} | {r['recall']:.3f} |")
+                   f"{r['bytes'] / 2**20:,.0f} | {r['rss'] / 2**20:,.0f} | {r['qps']:,.0f} | {r['recall']:.3f} | "
+                   f"{r['ratio']:.4f} |")
     return "\n".join(out)
 
 
@@ -188,17 +211,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--nlist", type=int, default=0, help="IVF lists (0: library default 4·√n, or --big-nlist)")
-    ap.add_argument("--nprobe", type=int, default=0, help="0: library default")
+    ap.add_argument("--nprobes", default="", help="extra IVF nprobe values to time (default and default/4 always)")
     ap.add_argument("--train-per-list", type=int, default=0, help="IVF training points per list (0: library default)")
-    ap.add_argument("--big", type=int, default=200_000, help="sizes above this use the --big-* settings")
+    ap.add_argument("--big", type=int, default=200_000, help="sizes above this use --big-nlist")
     ap.add_argument("--big-nlist", type=int, default=1024)
-    ap.add_argument("--hnsw-m", type=int, default=32)
-    ap.add_argument("--ef-construction", type=int, default=80)
-    ap.add_argument("--big-hnsw-m", type=int, default=16)
-    ap.add_argument("--big-ef-construction", type=int, default=40)
-    ap.add_argument("--ef-search", type=int, default=64)
+    ap.add_argument("--hnsw-m", type=int, default=0, help="0: library default")
+    ap.add_argument("--ef-construction", type=int, default=0, help="0: library default")
+    ap.add_argument("--ef-searches", default="64,512", help="HNSW efSearch values to time besides the default")
     ap.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = ap.parse_args(argv)
+    args.nprobes = [int(v) for v in args.nprobes.split(",") if v.strip()]
+    args.ef_searches = [int(v) for v in args.ef_searches.split(",") if v.strip()]
 
     sizes = [20_000] if args.quick else [int(s) for s in args.sizes.split(",") if s.strip()]
     types = [t.strip() for t in args.types.split(",") if t.strip()]
@@ -215,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = "python -m bench.index " + " ".join(sys.argv[1:] if argv is None else argv)
     from mmtune.retrieval.index import gpu_count
 
+    gpus = gpu_count()
     lines = [
         f"<!-- {MARK} -->",
         "### Vector index types (retrieval)",
@@ -227,10 +251,13 @@ def main(argv: list[str] | None = None) -> int:
         "- build: `VectorIndex.build` (validation, normalisation, IVF/PQ training on a seeded sample, add); "
         "index size: `len(faiss.serialize_index(index))`; RSS growth: process RSS after minus before the build; "
         "QPS: one batch search of all queries, k = 10, after a 10-query warm-up",
-        f"- parameters: library defaults up to {args.big:,} vectors; above, IVF uses nlist {args.big_nlist} "
-        f"(the default 4·√n k-means is too slow for this 2-core budget) and HNSW M {args.big_hnsw_m}, "
-        f"efConstruction {args.big_ef_construction}",
-        f"- GPU: {'searched on %d GPU(s) as well' % gpu_count() if gpu_count() else 'none (faiss-cpu); GPU rows appear when faiss-gpu sees a GPU'}",
+        f"- parameters: library defaults (`mmtune/retrieval/index.py`), except IVF above {args.big:,} vectors: "
+        f"nlist {args.big_nlist} (the default 4·√n = 4000 at 1M makes k-means too slow for this 2-core budget); "
+        "each built index is timed at several search settings (IVF nprobe, HNSW efSearch) without rebuilding",
+        "- top-10 score ratio: mean exact cosine of the 10 ids found / that of the true top-10 (1 = as similar as "
+        "the exact answer; it shows whether misses are near-ties)",
+        "- GPU: " + (f"Flat and IVF also searched on {gpus} GPU(s)" if gpus
+                     else "none (faiss-cpu); GPU rows appear when faiss-gpu sees a GPU"),
         "",
         table(rows),
         f"<!-- /{MARK} -->",
@@ -239,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     print(section)
     if args.write:
         doc = ROOT / "docs" / "benchmarks.md"
+        if uncommitted(doc):
+            print(f"not written: {doc} has uncommitted edits (someone else's?); commit or stash them, then rerun "
+                  "with --write, or paste the section above", file=sys.stderr)
+            return 1
         text = doc.read_text() if doc.exists() else "# Benchmarks\n"
         pattern = re.compile(rf"<!-- {MARK} -->.*?<!-- /{MARK} -->", re.S)
         text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"

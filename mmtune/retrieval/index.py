@@ -52,13 +52,18 @@ INDEX_TYPES = ("flat", "ivf_flat", "ivf_pq", "hnsw")
 #   searches hundreds to thousands deep). Memory is that of Flat (1.5 GB at 1M × 384-d).
 #   Building is k-means on a sample plus one assignment pass, and it runs on faiss-gpu.
 # - Up to HNSW_MAX_VECTORS (the paper's 1.55M-sample corpus is here), HNSW: search cost
-#   grows ~log n rather than with n/nlist, and recall stays near 1 (0.99 at 100k ×
-#   384-d clustered, docs/benchmarks.md), where IVF-PQ, the alternative, loses most of the
-#   exact top-10 to near-ties (recall@10 ~0.45 with 48 one-byte codes per 384-d vector).
+#   grows ~log n rather than with n/nlist, and recall stays high: recall@10 0.89-0.95 at
+#   1M × 384-d clustered vectors with these defaults (M 32, efConstruction 80, efSearch
+#   128; two builds, faiss's threaded HNSW build is not deterministic), where IVF-PQ, the
+#   alternative, loses most of the exact top-10 to near-ties (recall@10 0.24 at 1M, 0.44
+#   at 100k, 48 one-byte codes per 384-d vector; bench:index in docs/benchmarks.md).
 #   Selection quality is the point of the method, so recall wins. Its costs: full vectors
-#   plus a graph (~1.2x Flat: ~2.7 GB at 1.55M × 384-d), a build by graph insertion
-#   (minutes on many cores, slow on two), no GPU version, and deep searches raise efSearch
-#   to k.
+#   plus a graph (~1.2x Flat: ~2.6 GB at 1.55M × 384-d), a build by graph insertion
+#   (8.5 min for 1M on 2 cores; a cheaper graph, M 16 / efConstruction 40, builds 3x
+#   faster but falls to 0.41 recall@10 at 1M), no GPU version, and deep searches raise
+#   efSearch to k. On the bench's data IVF-Flat is still better at 1M (recall 1.0 at
+#   nprobe 8, 40 s build), but its lists match the synthetic clusters; with memory to
+#   spare, raising IVF_FLAT_MAX_VECTORS is the alternative to HNSW.
 # - Above it, the full vectors alone pass 30 GB at 384-d: IVF-PQ (48 B per 384-d vector,
 #   32x less than float32, and GPU-capable) is the index that still fits, at the price of
 #   approximate scores.
@@ -83,7 +88,7 @@ PQ_DIMS_PER_CODE = 8
 # HNSW defaults (faiss's own are M=32, efConstruction=40, efSearch=16).
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
-HNSW_EF_SEARCH = 64
+HNSW_EF_SEARCH = 128
 # faiss-gpu limits on k and nprobe for a GPU search.
 GPU_MAX_K = 2048
 # Rows copied, checked and normalised at a time (bounds the extra memory of build/add).
@@ -459,7 +464,11 @@ class VectorIndex:
             raise ValueError(f"nprobe={value} must be within [1, nlist={self.index.nlist}]")
         self.index.nprobe = value
         self.meta.setdefault("params", {})["nprobe"] = value
-        self._gpu_stale = True
+        if self._gpu_index is not None and not self._gpu_stale:
+            try:  # set it on the GPU copy rather than copying the index again
+                faiss_module().GpuParameterSpace().set_index_parameter(self._gpu_index, "nprobe", value)
+            except Exception:  # noqa: BLE001
+                self._gpu_stale = True
 
     @property
     def ef_search(self) -> int | None:

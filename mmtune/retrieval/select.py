@@ -193,7 +193,8 @@ def select(queries: Sequence[str] | np.ndarray, budget: int, searcher: Any, *, r
 
     1. K = B_r // Q (at least 1), where B_r is the retrieval share of the budget. Query by
        query, in the given order, each takes its top-K hits that are not excluded, skipping
-       ids an earlier query took (when Q > B_r the first B_r queries take one each).
+       ids an earlier query took (when Q > B_r, K = 1 and queries take their top hit in
+       order until B_r rows are taken).
     2. Shortfall (the remainder B_r − Q·K, plus slots lost to duplicates): round-robin over
        the queries in order, each taking its next-ranked hit not yet taken or excluded.
        Queries are searched deeper (k doubling) as needed, until the budget is met or every
@@ -289,24 +290,28 @@ def select(queries: Sequence[str] | np.ndarray, budget: int, searcher: Any, *, r
         if retr is None:
             return
         active = [i for i in range(nq)]
+        streams = retr.streams
+
+        def refill(i: int) -> None:
+            # Query i ran out. Queries that overlap it are about to run out too, so search
+            # deeper, in one batch to one depth, every active query past half its list.
+            group = [i] + [j for j in active if j != i and not streams[j].exhausted
+                           and 2 * (len(streams[j].ids) - streams[j].cursor) < len(streams[j].ids)]
+            retr.deepen(group, at_least=max(2 * streams[j].k for j in group))
+
         while len(rows) < target and active:
-            # prefetch: queries with few unscanned hits left are searched deeper in one batch
-            low = [i for i in active if not retr.streams[i].exhausted
-                   and len(retr.streams[i].ids) - retr.streams[i].cursor < min(len(active), 64)]
-            if low:
-                retr.deepen(low)
             still = []
             for i in active:
                 if len(rows) >= target:
                     still.append(i)
                     continue
-                s = retr.streams[i]
+                s = streams[i]
                 while True:
                     while s.cursor < len(s.ids) and (s.ids[s.cursor] in chosen or s.ids[s.cursor] in exclude):
                         s.cursor += 1
                     if s.cursor < len(s.ids) or s.exhausted:
                         break
-                    retr.deepen([i])
+                    refill(i)
                 if s.cursor < len(s.ids):
                     take(i, s.ids[s.cursor], s.scores[s.cursor])
                     s.cursor += 1

@@ -210,3 +210,43 @@ def test_selection_parquet_round_trip_exact_schema(tmp_path):
     pq.write_table(pa.table({"id": ["a"]}), tmp_path / "bad.parquet")
     with pytest.raises(ValueError, match="lacks columns"):
         read_selection(tmp_path / "bad.parquet")
+
+
+def reference(lists: list[list[str]], budget: int, exclude: set[str]) -> list[str]:
+    """The selection rule written the slow, obvious way over complete rankings."""
+    elig = [[x for x in r if x not in exclude] for r in lists]
+    k = max(1, budget // len(lists))
+    out: list[str] = []
+    for r in elig:
+        for x in r[:k]:
+            if len(out) < budget and x not in out:
+                out.append(x)
+    pos = [k] * len(lists)
+    while len(out) < budget:
+        moved = False
+        for i, r in enumerate(elig):
+            while pos[i] < len(r) and r[pos[i]] in out:
+                pos[i] += 1
+            if pos[i] < len(r) and len(out) < budget:
+                out.append(r[pos[i]])
+                pos[i] += 1
+                moved = True
+        if not moved:
+            break
+    return out
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_matches_the_reference_rule_on_random_overlapping_rankings(seed):
+    rng = np.random.default_rng(seed)
+    universe = [f"u{i}" for i in range(int(rng.integers(5, 120)))]
+    nq = int(rng.integers(1, 9))
+    # every ranking is a permutation of one small universe, so the top hits overlap heavily
+    lists = {f"q{i}": list(rng.permutation(universe)[: int(rng.integers(1, len(universe) + 1))]) for i in range(nq)}
+    exclude = set(rng.choice(universe, size=int(rng.integers(0, len(universe) // 3 + 1)), replace=False))
+    budget = int(rng.integers(1, len(universe) + 10))
+    s = Ranked(lists)
+    sel = select(list(lists), budget, s, exclude_ids=exclude)
+    want = reference(list(lists.values()), budget, exclude)
+    assert ids(sel) == want
+    assert sel.shortfall == budget - len(want)
