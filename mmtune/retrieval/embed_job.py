@@ -60,6 +60,7 @@ class EmbedReport:
     quarantined: int = 0
     unique_contents: int = 0
     embedded: int = 0  # contents actually run through the model (new, unique)
+    actors_used: int = 0  # embedder actors that produced output
     seconds: float = 0.0
     reasons: dict[str, int] = field(default_factory=dict)
 
@@ -69,7 +70,8 @@ class EmbedReport:
         q = ", ".join(f"{k}: {v}" for k, v in sorted(self.reasons.items())) or "none"
         return (f"[index] embedded {self.rows} rows from {self.files_new} new file(s) "
                 f"({self.files_skipped} already done): {self.unique_contents} distinct contents, "
-                f"{self.embedded} run through {self.embedder}, {self.quarantined} quarantined ({q}), "
+                f"{self.embedded} run through {self.embedder} on {self.actors_used} actor(s), "
+                f"{self.quarantined} quarantined ({q}), "
                 f"{self.seconds:.1f}s")
 
 
@@ -118,7 +120,13 @@ class EmbedActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         contents = list(batch["blob"] if self.mode == "image" else batch["text"])
         vecs = self.embedder([bytes(c) for c in contents] if self.mode == "image" else [str(c) for c in contents])
-        return {"key": batch["key"], "vector": vecs}
+        # the actor's pid travels with its output, so the report can say how many worked
+        return {"key": batch["key"], "vector": vecs, "actor_pid": np.full(len(vecs), os.getpid())}
+
+
+def content_blocks(table: pa.Table, rows_per_block: int) -> list[pa.Table]:
+    """``table`` cut into blocks of ``rows_per_block`` rows (zero-copy slices)."""
+    return [table.slice(i, rows_per_block) for i in range(0, table.num_rows, max(1, rows_per_block))]
 
 
 def _actor_plan(cfg: RunConfig) -> tuple[int, float]:
@@ -249,15 +257,19 @@ def embed_corpus(cfg: RunConfig, files: Sequence[str], out_dir: str | Path, *, r
         progress(f"[index] embedding {len(todo)} distinct content(s) of {good.num_rows} rows with "
                  f"{rc.embedder} on {n_actors} actor(s){' × %g GPU' % gpus if gpus else ' (CPU)'}")
         todo_table = good.take(pa.array(todo)).select(["key", "text", "blob"])
-        vecs_ds = ray.data.from_arrow(todo_table).map_batches(
+        # One Arrow table is one block, and one block feeds one actor: cut the contents into
+        # batch-sized blocks so every actor of the pool works and output streams early.
+        vecs_ds = ray.data.from_arrow(content_blocks(todo_table, rc.embed_batch_size)).map_batches(
             EmbedActor, fn_constructor_kwargs={"name": rc.embedder, "mode": rc.text,
                                                "batch_size": rc.embed_batch_size},
             batch_size=rc.embed_batch_size, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=n_actors), num_gpus=gpus or None, num_cpus=1)
-        got_keys, got_vecs = [], []
+        got_keys, got_vecs, pids = [], [], set()
         for b in vecs_ds.iter_batches(batch_format="numpy", batch_size=None):
             got_keys.extend(str(k) for k in b["key"])
             got_vecs.append(np.asarray(b["vector"], dtype=np.float32))
+            pids.update(int(p) for p in b["actor_pid"])
+        report.actors_used = len(pids)
         vecs = np.concatenate(got_vecs)
         dim = vecs.shape[1]
         if man["dim"] not in (None, dim):

@@ -116,3 +116,25 @@ def test_pipeline_embeds_images_with_a_local_clip(ray_local, tmp_path):
     assert rep.quarantined == 1 and rep.reasons == {"no image": 1} and rep.dim == 24
     ids, vecs = read_embeddings(tmp_path / "img")
     assert len(ids) == 39 and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-4)
+
+
+@pytest.mark.ray
+def test_contents_reach_ray_data_as_many_blocks(ray_local, tmp_path):
+    """Regression: the distinct contents went to Ray Data as one table, i.e. one block, and
+    one block feeds one actor, so the rest of the pool sat idle."""
+    import ray
+
+    from mmtune.retrieval.embed_job import content_blocks, embed_corpus
+
+    table = pa.table({"key": [str(i) for i in range(100)]})
+    blocks = content_blocks(table, 16)
+    assert [b.num_rows for b in blocks] == [16] * 6 + [4]
+    assert ray.data.from_arrow(blocks).materialize().num_blocks() == 7
+
+    rows = _rows(0, 48)
+    for i, r in enumerate(rows):
+        r["instruction"] = f"question {i}"
+    cfg = RunConfig.model_validate({"retrieval": {"text": "instruction", "embed_batch_size": 8,
+                                                  "embed_actors": 2}})
+    rep = embed_corpus(cfg, [_write(tmp_path / "a.parquet", rows)], tmp_path / "ix", progress=lambda m: None)
+    assert rep.embedded == 48 and 1 <= rep.actors_used <= 2  # how many got work is a race
