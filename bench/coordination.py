@@ -55,13 +55,14 @@ import math
 import os
 import platform
 import random
-import re
 import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
+
+from bench.report import write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "bench:coordination"
@@ -606,12 +607,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + section)
     print(f"\nwrote {out}" + "".join(f", {p}" for p in pngs))
     if args.write:
-        doc = docs / "benchmarks.md"
-        text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-        pattern = re.compile(rf"<!-- {MARK} -->.*?<!-- /{MARK} -->", re.S)
-        text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
-        doc.write_text(text)
-        print(f"updated {doc}")
+        if not write_section(MARK, section):
+            return 1
     return 0
 
 

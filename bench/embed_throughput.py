@@ -58,7 +58,6 @@ import math
 import os
 import platform
 import random
-import re
 import subprocess
 import sys
 import tempfile
@@ -68,6 +67,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from bench.report import write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "bench:embed_throughput"
@@ -125,16 +126,6 @@ def code_version() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return head + (" + uncommitted changes in mmtune/retrieval/embed*.py" if dirty else "")
-
-
-def uncommitted(path: Path) -> bool:
-    """Whether git reports changes to ``path`` in the working tree (then --write leaves it alone)."""
-    try:
-        out = subprocess.run(["git", "status", "--porcelain", "--", str(path)], cwd=ROOT, capture_output=True,
-                             text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return bool(out.stdout.strip())
 
 
 def machine(load: float) -> str:
@@ -542,16 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     dump = [{k: v for k, v in asdict(r).items() if k not in ("vectors", "keys")} for r in rows]
     print("\n" + json.dumps({"rows": dump, "ratios": rat, "texts": info}, default=str))
     if args.write:
-        doc = ROOT / "docs" / "benchmarks.md"
-        if uncommitted(doc):
-            print(f"not written: {doc} has uncommitted edits (someone else's?); commit or stash them, then rerun "
-                  "with --write, or paste the section above", file=sys.stderr)
+        if not write_section(MARK, section):
             return 1
-        text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-        pattern = re.compile(rf"<!-- {MARK} -->.*?<!-- /{MARK} -->", re.S)
-        text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
-        doc.write_text(text)
-        print(f"updated {doc}")
     return 0
 
 

@@ -15,11 +15,12 @@ import datetime as dt
 import json
 import os
 import platform
-import re
 import shutil
 import sys
 import time
 from pathlib import Path
+
+from bench.report import write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "bench:generic_student"
@@ -88,12 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     section = "\n".join(lines)
     print("\n" + section)
     if args.write:
-        doc = ROOT / "docs" / "benchmarks.md"
-        text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-        pattern = re.compile(rf"<!-- {MARK} -->.*?<!-- /{MARK} -->", re.S)
-        text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
-        doc.write_text(text)
-        print(f"updated {doc}")
+        if not write_section(MARK, section):
+            return 1
     return 0
 
 

@@ -25,12 +25,13 @@ import datetime as dt
 import gc
 import os
 import platform
-import re
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from bench.report import write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "bench:index"
@@ -179,18 +180,6 @@ def run_size(n: int, args: argparse.Namespace, types: list[str]) -> list[dict]:
     return rows
 
 
-def uncommitted(path: Path) -> bool:
-    """Whether git reports changes to ``path`` in the working tree (then --write leaves it alone)."""
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "status", "--porcelain", "--", str(path)], cwd=ROOT, capture_output=True,
-                             text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return bool(out.stdout.strip())
-
-
 def table(rows: list[dict]) -> str:
     out = ["| vectors | index | parameters | search device | build (s) | index size (MiB) | RSS growth (MiB) "
            "| QPS (1000 queries, k=10) | recall@10 vs Flat | top-10 score ratio |",
@@ -265,16 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     section = "\n".join(lines)
     print(section)
     if args.write:
-        doc = ROOT / "docs" / "benchmarks.md"
-        if uncommitted(doc):
-            print(f"not written: {doc} has uncommitted edits (someone else's?); commit or stash them, then rerun "
-                  "with --write, or paste the section above", file=sys.stderr)
+        if not write_section(MARK, section):
             return 1
-        text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-        pattern = re.compile(rf"<!-- {MARK} -->.*?<!-- /{MARK} -->", re.S)
-        text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
-        doc.write_text(text)
-        print(f"updated {doc}")
     return 0
 
 

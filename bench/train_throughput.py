@@ -65,13 +65,14 @@ import math
 import os
 import platform
 import random
-import re
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+from bench.report import write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "bench:train_throughput"
@@ -617,12 +618,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + section)
     print("\n" + json.dumps({"rows": [asdict(r) for r in rows], "ratios": rat, "gpu": gpu}, default=str))
     if args.write:
-        doc = ROOT / "docs" / "benchmarks.md"
-        text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-        pattern = re.compile(rf"<!-- {MARK} -->.*?<!-- /{MARK} -->", re.S)
-        text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
-        doc.write_text(text)
-        print(f"updated {doc}")
+        if not write_section(MARK, section):
+            return 1
     return 0
 
 
