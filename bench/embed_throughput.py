@@ -58,7 +58,6 @@ import math
 import os
 import platform
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -68,7 +67,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from bench.report import write_section  # noqa: E402
+from bench.report import code_version, load_1min, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "bench:embed_throughput"
@@ -106,26 +105,6 @@ class Row:
         steady = "n/a" if math.isnan(self.steady_rows_per_s) else f"{self.steady_rows_per_s:.1f}"
         return (f"{steady} rows/s steady, {self.end_to_end_rows_per_s:.1f} rows/s end to end "
                 f"({self.end_to_end_s:.1f}s, first batch after {self.to_first_batch_s:.1f}s)")
-
-
-def load_1min() -> float:
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return float("nan")
-
-
-def code_version() -> str:
-    """The commit measured, and whether the retrieval code had uncommitted changes."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "mmtune/retrieval/embed.py",
-                                "mmtune/retrieval/embed_job.py"],
-                               cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return head + (" + uncommitted changes in mmtune/retrieval/embed*.py" if dirty else "")
 
 
 def machine(load: float) -> str:
@@ -485,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
 
     load0 = load_1min()
     t_all = time.time()
-    code = code_version()
+    code = code_version(["mmtune/retrieval/embed.py", "mmtune/retrieval/embed_job.py"])
     texts, info = load_texts(cfg, args.rows, seed=cfg.run.seed)
     with tempfile.TemporaryDirectory(prefix="mmtune-bench-embed-") as tmp:
         res = run_all(args, cfg, texts, Path(tmp))

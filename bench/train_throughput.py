@@ -72,7 +72,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from bench.report import write_section  # noqa: E402
+from bench.report import code_version, load_1min, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "bench:train_throughput"
@@ -132,27 +132,6 @@ class Setup:
     preset: dict[str, Any]
     skillworld_s: float
     rows: list[dict[str, Any]] = field(repr=False, default_factory=list)
-
-
-def load_1min() -> float:
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return float("nan")
-
-
-def code_version() -> str:
-    """The commit measured, and whether the training code had uncommitted changes."""
-    import subprocess
-
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "mmtune/training", "mmtune/models"],
-                               cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return f"{head}" + (" + uncommitted changes in mmtune/training or mmtune/models" if dirty else "")
 
 
 def machine() -> str:
@@ -545,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, args.overrides)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     t_all = time.time()
-    code = code_version()
+    code = code_version(["mmtune/training", "mmtune/models"])
     rows: list[Row] = []
     ray_init: list[str] = []
     kw = dict(modes=modes, steps=args.steps, batch=args.batch, warmup=args.warmup, threads=args.threads)
