@@ -57,3 +57,14 @@ def test_train_cli_names_unknown_tasks(ray_local, setup, tmp_path, capsys):  # n
                "--data", str(setup), "--tasks", "nope", f"run.out_dir={tmp_path}"])
     assert rc == 1
     assert "['nope'] not in the training data" in capsys.readouterr().err
+
+
+def test_training_dataset_keeps_only_the_named_tasks(ray_local, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mmtune.training.job import training_dataset
+
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(9)], "task": ["a", "b", "c"] * 3}), tmp_path / "d.parquet")
+    ds = training_dataset([str(tmp_path / "d.parquet")], tasks=["a", "c"])
+    assert sorted(r["id"] for r in ds.take_all()) == ["r0", "r2", "r3", "r5", "r6", "r8"]
