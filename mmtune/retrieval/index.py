@@ -284,6 +284,16 @@ def _check_kind(d: Path, kind: str, cls_name: str) -> None:
                              f"load it with load_index(dir) or the matching class, not {cls_name}")
 
 
+def _open_saved(d: Path, kind: str, cls_name: str, files: tuple[str, ...]) -> dict[str, Any]:
+    """Check a saved index directory (kind, every file present) and return its meta."""
+    _check_kind(d, kind, cls_name)
+    missing = [f for f in (META_FILE, *files) if not (d / f).exists()]
+    if missing:
+        raise FileNotFoundError(f"{d}: missing {', '.join(missing)}; not a saved {cls_name} "
+                                f"(build one with {cls_name}.build(...).save(dir))")
+    return json.loads((d / META_FILE).read_text())
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -574,12 +584,7 @@ class VectorIndex:
         """Read an index :meth:`save` wrote; counts and dimension must agree across the files."""
         faiss = faiss_module()
         d = Path(directory)
-        _check_kind(d, "vector", "VectorIndex")
-        missing = [f for f in (META_FILE, INDEX_FILE, IDS_FILE) if not (d / f).exists()]
-        if missing:
-            raise FileNotFoundError(f"{d}: missing {', '.join(missing)}; not a saved VectorIndex "
-                                    "(build one with VectorIndex.build(...).save(dir))")
-        meta = json.loads((d / META_FILE).read_text())
+        meta = _open_saved(d, "vector", "VectorIndex", (INDEX_FILE, IDS_FILE))
         index = faiss.read_index(str(d / INDEX_FILE))
         ids = _read_ids(d / IDS_FILE)
         if not (index.ntotal == len(ids) == meta.get("count")):
@@ -703,12 +708,7 @@ class BM25Index:
         import bm25s
 
         d = Path(directory)
-        _check_kind(d, "bm25", "BM25Index")
-        missing = [f for f in (META_FILE, BM25_DIR, IDS_FILE) if not (d / f).exists()]
-        if missing:
-            raise FileNotFoundError(f"{d}: missing {', '.join(missing)}; not a saved BM25Index "
-                                    "(build one with BM25Index.build(...).save(dir))")
-        meta = json.loads((d / META_FILE).read_text())
+        meta = _open_saved(d, "bm25", "BM25Index", (BM25_DIR, IDS_FILE))
         model = bm25s.BM25.load(str(d / BM25_DIR), show_progress=False)
         ids = _read_ids(d / IDS_FILE)
         n_docs = int(model.scores["num_docs"])
