@@ -156,9 +156,47 @@ class AutoscalingSettings(_Section):
         return self
 
 
+class BuiltinTeacherSettings(_Section):
+    """The demo's teacher: a small causal LM trained locally on corpus-task text only."""
+
+    samples_per_task: int = Field(300, ge=10, description="generated corpus-task samples per task (never targets)")
+    hidden: int = Field(192, ge=16)
+    layers: int = Field(4, ge=1)
+    heads: int = Field(4, ge=1)
+    intermediate: int = Field(384, ge=16)
+    vocab_size: int = Field(768, ge=300)
+    steps: int = Field(1500, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    threads: int | None = Field(None, ge=1, description="torch threads; null = torch's default")
+
+
+class ServeSettings(_Section):
+    max_batch_size: int = Field(16, ge=1, description="@serve.batch: most requests fused into one backend call")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, description="@serve.batch: longest wait to fill a batch")
+    batching: bool = Field(True, description="false = one backend call per request (for benchmarks)")
+    num_gpus_per_replica: float = Field(1.0, ge=0, description="asked for only when the cluster has GPUs")
+    num_cpus_per_replica: float = Field(1.0, gt=0)
+    max_items_per_request: int = Field(256, ge=1, description="larger HTTP requests are refused with 413")
+    max_text_chars: int = Field(16384, ge=64, description="longer texts in a request are refused with 422")
+    app_name: str = Field("mmtune-teacher", min_length=1)
+    route_prefix: str = Field("/", description="HTTP route prefix of the app")
+
+
 class TeacherConfig(_Section):
     backend: Literal["builtin", "hf", "openai"] = "builtin"
     name_or_path: str | None = Field(None, description="HF id/path (hf) or model name (openai)")
+    chat_template: Literal["auto", "always", "never"] = Field(
+        "auto", description="wrap prompts in the tokenizer's chat template (auto: when it has one)")
+    openai_api: Literal["chat", "completions"] = Field("chat", description="OpenAI endpoint family used")
+    batch_size: int = Field(16, ge=1, description="prompts per forward pass (hf/builtin)")
+    max_new_tokens: int = Field(32, ge=1, le=4096, description="for skill analysis and annotation")
+    device: str = Field("auto", description="hf/builtin: auto = cuda when available")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    prompt_version: str = Field("v1", pattern=r"^v\d+$", description="prompt templates in mmtune/teacher/prompts/")
+    parse_retries: int = Field(2, ge=0, description="re-asks after an unparseable reply before status=unparsed")
+    builtin: BuiltinTeacherSettings = BuiltinTeacherSettings()
+    serve: ServeSettings = ServeSettings()
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://host:8000/v1")
     api_key_env: str = Field("OPENAI_API_KEY", description="name of the env var holding the API key (never logged)")
     delta: float = Field(0.1, ge=0.0, le=1.0, description="answer-switch margin δ [ours]")
@@ -169,6 +207,15 @@ class TeacherConfig(_Section):
     autoscaling: AutoscalingSettings = AutoscalingSettings()
     host: str = Field("127.0.0.1", description="HTTP bind address; 127.0.0.1 keeps it off the network")
     port: int = Field(8000, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _backend_needs(self) -> "TeacherConfig":
+        if self.backend == "hf" and not self.name_or_path:
+            raise ValueError("backend 'hf' needs teacher.name_or_path (a hub id or a local directory)")
+        if self.backend == "openai" and not (self.name_or_path and self.base_url):
+            raise ValueError("backend 'openai' needs teacher.base_url (e.g. http://host:8000/v1) "
+                             "and teacher.name_or_path (the served model's name)")
+        return self
 
 
 # --------------------------------------------------------------------------- retrieval
