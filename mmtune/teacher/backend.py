@@ -146,6 +146,18 @@ class HFBackend:
             out[i].append(s)
         return out
 
+    def next_token_top(self, prompts: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
+        """The ``k`` most likely next tokens (decoded text, log-prob) after each prompt: what
+        an OpenAI-compatible route reports as ``top_logprobs``."""
+        out: list[list[tuple[str, float]]] = []
+        for b in range(0, len(prompts), self.batch_size):
+            ctxs = [self._context_ids(p) for p in prompts[b:b + self.batch_size]]
+            logp = self._forward(ctxs)
+            for row, c in enumerate(ctxs):
+                vals, idx = logp[row, len(c) - 1].topk(min(k, logp.shape[-1]))
+                out.append([(self.tok.decode([int(i)]), float(v)) for v, i in zip(vals, idx)])
+        return out
+
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], max_new_tokens: int | None = None,
                  temperature: float = 0.0) -> list[str]:
