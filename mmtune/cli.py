@@ -175,6 +175,83 @@ def _print_hits(cfg: RunConfig, index_dir: Path, query: str, k: int) -> None:
             print(f"  bm25  {rank:>2}. {sid}  {float(score):.3f}")
 
 
+# --------------------------------------------------------------------------- teacher
+def cmd_teacher_train(args: argparse.Namespace) -> int:
+    from mmtune.teacher.builtin import ensure_builtin_teacher
+
+    cfg = _cfg(args)
+    if cfg.teacher.backend != "builtin":
+        raise ConfigError(f"`mmtune teacher train` trains the built-in teacher; teacher.backend is "
+                          f"{cfg.teacher.backend!r} (set teacher.backend=builtin, or serve your model as is)")
+    print(ensure_builtin_teacher(cfg, progress=_progress, force=args.force))
+    return 0
+
+
+def cmd_teacher_serve(args: argparse.Namespace) -> int:
+    from mmtune.runtime import init_ray
+    from mmtune.teacher.builtin import resolve_teacher
+    from mmtune.teacher.serve import start_teacher
+
+    cfg = _cfg(args)
+    builtin_dir = resolve_teacher(cfg, progress=_progress)
+    init_ray(cfg.ray)
+    start_teacher(cfg, builtin_dir=builtin_dir, blocking=True)
+    return 0
+
+
+def _local_or_served_teacher(cfg: RunConfig, local: bool):
+    """(teacher, concurrency, stop): an in-process Teacher, or the Serve app's handle."""
+    from mmtune.teacher.builtin import resolve_teacher
+
+    builtin_dir = resolve_teacher(cfg, progress=_progress)
+    if local:
+        from mmtune.teacher import Teacher, make_backend
+
+        return Teacher(make_backend(cfg.teacher, builtin_dir), cfg.teacher), 1, lambda: None
+    from mmtune.teacher.serve import ServedTeacher, start_teacher, stop_teacher
+
+    handle = start_teacher(cfg, builtin_dir=builtin_dir, blocking=False)
+    return ServedTeacher(handle), 4, lambda: stop_teacher(cfg)
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from mmtune.diagnosis import diagnose
+    from mmtune.runtime import init_ray
+    from mmtune.training.pretrain import resolve_student
+
+    cfg = _cfg(args)
+    student = args.student or resolve_student(cfg, progress=_progress)
+    splits = _eval_splits(cfg, "val")
+    if not splits:
+        raise ConfigError("no validation splits: configure data.targets (or use data.source=skillworld)")
+    out = Path(args.out) if args.out else Path(cfg.run.out_dir) / cfg.run.name / "diagnosis"
+    init_ray(cfg.ray)
+    teacher, concurrency, stop = _local_or_served_teacher(cfg, args.local)
+    try:
+        summary = diagnose(cfg, student, splits, teacher, out, adapter_dir=args.adapter, locate=args.locate,
+                           concurrency=concurrency, progress=_progress)
+    finally:
+        stop()
+    print(json.dumps({k: summary[k] for k in ("path", "items", "wrong", "status", "skills")}, indent=2))
+    return 0
+
+
+def cmd_annotate(args: argparse.Namespace) -> int:
+    from mmtune.runtime import init_ray
+    from mmtune.teacher.annotate_job import annotate_corpus
+    from mmtune.teacher.builtin import resolve_teacher
+    from mmtune.training.job import training_paths
+
+    cfg = _cfg(args)
+    files = training_paths(cfg, args.data, progress=_progress)
+    builtin_dir = resolve_teacher(cfg, progress=_progress)
+    out = Path(args.out) if args.out else Path(cfg.run.out_dir) / cfg.run.name / "annotated"
+    init_ray(cfg.ray)
+    man = annotate_corpus(cfg, files, out, builtin_dir=builtin_dir, rebuild=args.rebuild, progress=_progress)
+    print(json.dumps({"out": str(out), **{k: man[k] for k in ("rows", "unparsed", "seconds")}}))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The embedded default end to end (issue A scope): data, generic student, evaluation."""
     from mmtune.data.catalog import data_paths
@@ -261,6 +338,33 @@ def build_parser() -> argparse.ArgumentParser:
     ix.add_argument("-k", type=int, default=5, help="hits per --query")
     _with_config(ix)
     ix.set_defaults(func=cmd_index)
+
+    te_p = sub.add_parser("teacher", help="the teacher model").add_subparsers(dest="sub", required=True)
+    tt = te_p.add_parser("train", help="train the built-in teacher on corpus-task text (cached)")
+    tt.add_argument("--force", action="store_true", help="retrain even when cached")
+    _with_config(tt)
+    tt.set_defaults(func=cmd_teacher_train)
+    ts = te_p.add_parser("serve", help="serve the teacher with Ray Serve (HTTP + handle), until interrupted")
+    _with_config(ts)
+    ts.set_defaults(func=cmd_teacher_serve)
+
+    dg = sub.add_parser("diagnose", help="find the student's mistake steps and missing skills on the val splits")
+    dg.add_argument("--student", help="student directory or hub id (default: from config)")
+    dg.add_argument("--adapter", help="PEFT adapter directory to apply")
+    dg.add_argument("--out", help="output directory (default: runs/<run.name>/diagnosis)")
+    dg.add_argument("--locate", default="switch", choices=["switch", "which_step", "random"],
+                    help="how the mistake step is found (the paper's answer switch, or an ablation)")
+    dg.add_argument("--local", action="store_true", help="run the teacher in-process instead of on Ray Serve")
+    _with_config(dg)
+    dg.set_defaults(func=cmd_diagnose)
+
+    an = sub.add_parser("annotate", help="the teacher writes each corpus sample's skills (Ray Data actor pool)")
+    an.add_argument("--data", action="append", metavar="PATH",
+                    help="Sample parquet file/dir/glob; repeat for several (default: the configured corpus)")
+    an.add_argument("--out", help="output directory (default: runs/<run.name>/annotated)")
+    an.add_argument("--rebuild", action="store_true", help="discard an existing annotation and redo it")
+    _with_config(an)
+    an.set_defaults(func=cmd_annotate)
 
     demo = sub.add_parser("demo", help="run the embedded default end to end")
     _with_config(demo)

@@ -188,6 +188,9 @@ class TeacherConfig(_Section):
     name_or_path: str | None = Field(None, description="HF id/path (hf) or model name (openai)")
     chat_template: Literal["auto", "always", "never"] = Field(
         "auto", description="wrap prompts in the tokenizer's chat template (auto: when it has one)")
+    score_candidates: Literal["letter", "text"] = Field(
+        "letter", description="answer switch: read P over the candidates' letters [paper] or their texts [ours; "
+                              "small teachers copy answers far better than they map them to letters]")
     openai_api: Literal["chat", "completions"] = Field("chat", description="OpenAI endpoint family used")
     batch_size: int = Field(16, ge=1, description="prompts per forward pass (hf/builtin)")
     max_new_tokens: int = Field(32, ge=1, le=4096, description="for skill analysis and annotation")

@@ -19,9 +19,10 @@ import math
 import os
 import random
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 
@@ -168,10 +169,10 @@ class HFBackend:
             pad = self.tok.pad_token_id
             ids = torch.tensor([[pad] * (width - len(c)) + c for c in ctxs])  # left padding
             mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in ctxs])
-            kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens or self.max_new_tokens,
-                                      pad_token_id=pad, eos_token_id=self.tok.eos_token_id)
-            kw.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 \
-                else kw.update(do_sample=False)
+            kw: dict[str, Any] = {"max_new_tokens": max_new_tokens or self.max_new_tokens, "pad_token_id": pad,
+                                  "eos_token_id": self.tok.eos_token_id, "do_sample": temperature > 0}
+            if temperature > 0:
+                kw.update(temperature=temperature, top_k=0, top_p=1.0)
             out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kw)
             texts += self.tok.batch_decode(out[:, width:], skip_special_tokens=True)
         return texts

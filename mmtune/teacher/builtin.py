@@ -25,8 +25,9 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -45,6 +46,7 @@ def teacher_key(cfg: RunConfig) -> str:
     return config_hash({"builtin": cfg.teacher.builtin.model_dump(mode="json", exclude={"threads"}),
                         "skillworld_seed": cfg.data.skillworld.seed, "generator": GENERATOR_VERSION,
                         "hint": cfg.teacher.hint_probability, "prompts": cfg.teacher.prompt_version,
+                        "score_candidates": cfg.teacher.score_candidates,
                         "seed": cfg.run.seed})
 
 
@@ -94,7 +96,9 @@ def build_examples(cfg: RunConfig, items: list[dict[str, Any]], n: int, seed: in
     """(prompt, target) pairs in the mix 55% answer, 20% skill, 15% annotate, 10% which-step."""
     rng = random.Random(seed)
     v = cfg.teacher.prompt_version
-    t_sw, t_sk = load_template("answer_switch", v), load_template("skill_analysis", v)
+    by_text = cfg.teacher.score_candidates == "text"
+    t_sw = load_template("answer_switch_text" if by_text else "answer_switch", v)
+    t_sk = load_template("skill_analysis", v)
     t_an, t_wh = load_template("annotate", v), load_template("which_step", v)
     by_task: dict[str, list[dict[str, Any]]] = {}
     for it in items:
@@ -111,11 +115,10 @@ def build_examples(cfg: RunConfig, items: list[dict[str, Any]], n: int, seed: in
             k = rng.randint(0, len(it["steps"]))
             prompt = t_sw.render(question=it["question"], candidates=c.block(), hint_label=c.labels[hinted],
                                  hint_percent=round(100 * hint_p), steps=numbered(it["steps"][:k]))
-            # Before the reasoning decides, the right target is the hint's letter with
-            # probability hint_p; sampling it so makes the teacher calibrated on the prior.
-            decided = k == len(it["steps"])
-            target = c.labels[c.gold] if decided or rng.random() < hint_p else c.labels[hinted]
-            out.append((prompt, " " + target))
+            # The target is always the true answer: since the hint is right with
+            # probability hint_p, a prefix that does not decide the answer teaches
+            # P(hinted) = hint_p, and one that does teaches to follow the reasoning.
+            out.append((prompt, " " + (c.texts[c.gold] if by_text else c.labels[c.gold])))
         elif r < 0.75:  # skill of a step
             m = rng.randrange(len(it["steps"]))
             out.append((t_sk.render(question=it["question"], steps=numbered(it["steps"]), mistake_index=m + 1,
@@ -209,3 +212,9 @@ def train_builtin_teacher(cfg: RunConfig, out_dir: Path, progress: Callable[[str
              "config": cfg.teacher.builtin.model_dump(mode="json")}
     (out_dir / META_FILE).write_text(json.dumps(stats, indent=2))
     return stats
+
+
+def resolve_teacher(cfg: RunConfig, progress: Callable[[str], None] = print) -> Path | None:
+    """The built-in teacher's directory (trained on first use) when ``teacher.backend`` is
+    builtin; None for hf/openai, whose models come from ``teacher.name_or_path``."""
+    return ensure_builtin_teacher(cfg, progress=progress) if cfg.teacher.backend == "builtin" else None

@@ -24,7 +24,7 @@ _BULLET = re.compile(r"^\s*(?:[-*•·>]+|\(?\d+[.)]|\(?[a-zA-Z][.)](?=\s))\s*")
 _MARKUP = re.compile(r"[*_`#]+")
 _ALLOWED = re.compile(r"^[a-z0-9][a-z0-9 ,'\-/()]*$")
 _WORDS = {w: i for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve".split())}
+    ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"])}
 
 
 def _clean(fragment: str) -> str | None:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
-NAMES = ("answer_switch", "skill_analysis", "annotate", "which_step")
+NAMES = ("answer_switch", "answer_switch_text", "skill_analysis", "annotate", "which_step")
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Template:
         return self.text.format(**values)
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_template(name: str, version: str = "v1") -> Template:
     path = PROMPT_DIR / f"{name}.{version}.txt"
     if not path.is_file():

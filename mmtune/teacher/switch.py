@@ -23,8 +23,8 @@ consecutive steps.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from mmtune.data.answers import answers_match, normalize_answer
 

@@ -12,15 +12,22 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from mmtune.config import TeacherConfig
 
 from .backend import TeacherBackend
 from .parse import parse_skill, parse_skills, parse_step_number
 from .prompts import load_template, numbered
-from .switch import Candidates, SwitchResult, candidates_for, find_switch, switch_prompts
+from .switch import (
+    Candidates,
+    SwitchResult,
+    candidates_for,
+    find_switch,
+    switch_prompts,
+)
 
 RETRY_TEMPERATURE = 0.7  # re-asks after an unparseable reply sample, so they can differ
 
@@ -56,7 +63,8 @@ class Teacher:
         self.backend = backend
         self.cfg = cfg
         v = cfg.prompt_version
-        self.t_switch = load_template("answer_switch", v)
+        self.by_text = cfg.score_candidates == "text"
+        self.t_switch = load_template("answer_switch_text" if self.by_text else "answer_switch", v)
         self.t_skill = load_template("skill_analysis", v)
         self.t_annotate = load_template("annotate", v)
         self.t_which = load_template("which_step", v)
@@ -71,7 +79,7 @@ class Teacher:
             for p in switch_prompts(self.t_switch, str(it["question"]), c, list(it["steps"]),
                                     self.cfg.hint_probability):
                 prompts.append(p)
-                labels.append(c.labels)
+                labels.append(c.texts if self.by_text else c.labels)
                 owner.append(i)
         scores = self.backend.score_options(prompts, labels) if prompts else []
         traces: list[list[list[float]]] = [[] for _ in items]

@@ -1,62 +1,22 @@
 """Evaluation on a local Ray: a tiny LLaVA overfit on four items must score them all."""
 
-import io
-
 import pyarrow.parquet as pq
 import pytest
 import torch
-from PIL import Image
 
-from mmtune.config import RunConfig, TinyLlavaPreset
-from mmtune.data.schema import make_sample, to_table
-from mmtune.models.inputs import encode_for_training
-from mmtune.models.presets import build_tiny_llava
-from mmtune.training.evaluate import Predictor, evaluate_splits, format_table, score_rows
-
-
-def _png(color) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (32, 32), color).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-COLORS = {"red": (220, 20, 20), "blue": (20, 20, 220), "green": (20, 200, 20), "yellow": (230, 230, 20)}
-
-
-def _samples():
-    out = []
-    for i, (name, rgb) in enumerate(COLORS.items()):
-        out.append(make_sample(id=f"s{i}", task="colour", instruction="What colour is the picture?",
-                               response=f"The picture is {name}.\nAnswer: {name}", image=_png(rgb)))
-    out.append(make_sample(id="mc", task="mc", instruction="Which colour? A. red B. blue",
-                           response="The picture is blue.\nAnswer: B", image=_png(COLORS["blue"]),
-                           options=["red", "blue"]))
-    return out
+from mmtune.config import RunConfig
+from mmtune.training.evaluate import (
+    Predictor,
+    evaluate_splits,
+    format_table,
+    score_rows,
+)
+from tests.tiny import make_overfit_student
 
 
 @pytest.fixture(scope="module")
 def overfit_student(tmp_path_factory):
-    torch.manual_seed(0)
-    samples = _samples()
-    texts = [s["instruction"] for s in samples] + [s["response"] for s in samples]
-    preset = TinyLlavaPreset(vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=64,
-                             text_layers=2, text_heads=2, text_intermediate=128, vocab_size=320)
-    model, processor = build_tiny_llava(preset, texts * 4, image_size=32)
-    batch = encode_for_training(processor, [s["instruction"] for s in samples],
-                                [s["response"] for s in samples], [s["image"] for s in samples])
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(150):
-        loss = model(**batch).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    assert loss.item() < 0.05, f"tiny model failed to overfit 5 items (loss {loss.item():.3f})"
-    out = tmp_path_factory.mktemp("student")
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    data = tmp_path_factory.mktemp("data") / "eval.parquet"
-    pq.write_table(to_table(samples), data)
-    return out, data, samples
+    return make_overfit_student(tmp_path_factory.mktemp("student"))
 
 
 def test_predictor_without_ray(overfit_student):
