@@ -122,10 +122,10 @@ def render(loc: dict[str, Any], ann: dict[str, Any], meta: dict[str, str]) -> st
              f"- date: {meta['date']}; machine: {meta['machine']}; load average {meta['load']}",
              f"- command: `{meta['command']}`; code: {meta['code']}",
              f"- teacher: {meta['teacher']}; student: {meta['student']}", "",
-             f"**Mistake-step localisation** (ground truth: the verifier's `first_wrong_step`). Of "
-             f"{loc['wrong']} wrong validation answers, {loc['scored']} have a wrong reasoning step; "
-             f"{loc['answer_only']} have right steps and a wrong final answer and {loc['no_steps']} no steps "
-             "(both left out).", "",
+             (f"**Mistake-step localisation** (ground truth: the verifier's `first_wrong_step`). Of "
+              f"{loc['wrong']} wrong validation answers, {loc['scored']} have a wrong reasoning step; "
+              f"{loc['answer_only']} have right steps and a wrong final answer and {loc['no_steps']} no steps "
+              "(both left out)."), "",
              "| method | localisation accuracy | skill = the wrong step's skill | switch found (not fallback) | s |",
              "|---|---:|---:|---:|---:|"]
     names = {"switch": "answer switch", "which_step": "ask the teacher", "random": "random step"}
@@ -138,9 +138,9 @@ def render(loc: dict[str, Any], ann: dict[str, Any], meta: dict[str, str]) -> st
     for t in m["switch"]["per_task"]:
         lines.append(f"| {t} | " + " | ".join(f"{m[h]['per_task'][t][0]:.2f} ({m[h]['per_task'][t][1]})"
                                              for h in METHODS) + " |")
-    lines += ["", f"**Corpus annotation** on {ann['rows']} seeded corpus rows: exact skill-set match "
-              f"**{ann['exact']:.3f}**, phrase precision {ann['precision']:.3f}, recall {ann['recall']:.3f}, "
-              f"{ann['unparsed']} unparsed, {ann['rows_per_s']:.1f} rows/s (in-process, no Ray).",
+    lines += ["", (f"**Corpus annotation** on {ann['rows']} seeded corpus rows: exact skill-set match "
+                   f"**{ann['exact']:.3f}**, phrase precision {ann['precision']:.3f}, recall {ann['recall']:.3f}, "
+                   f"{ann['unparsed']} unparsed, {ann['rows_per_s']:.1f} rows/s (in-process, no Ray)."),
               f"<!-- /{MARK} -->"]
     return "\n".join(lines)
 

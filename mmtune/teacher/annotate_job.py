@@ -120,32 +120,33 @@ def _run(cfg: RunConfig, files: list[str], out: Path, ident: dict[str, Any], bui
         batch_size=cfg.teacher.batch_size * 4, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=n_actors), num_gpus=gpus or None, num_cpus=1)
     t0, done, shard, unparsed = time.time(), 0, 0, []
-    buf: list[pa.Table] = []
-    buffered = 0
+    pending: pa.Table | None = None
 
-    def flush() -> None:
-        nonlocal shard, buf, buffered
-        if buf:
-            pq.write_table(pa.concat_tables(buf), out / "corpus" / f"part-{shard:05d}.parquet")
-            shard += 1
-            buf, buffered = [], 0
+    def write(table: pa.Table) -> None:
+        nonlocal shard
+        pq.write_table(table, out / "corpus" / f"part-{shard:05d}.parquet")
+        shard += 1
 
     last = 0.0
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         raw = batch.column(RAW_COL).to_pylist()
         ids = batch.column("id").to_pylist()
         unparsed += [{"id": i, "raw": r} for i, r in zip(ids, raw) if r is not None]
-        buf.append(batch.drop_columns([RAW_COL]).select(SAMPLE_SCHEMA.names).cast(SAMPLE_SCHEMA))
-        buffered += batch.num_rows
+        rows = batch.drop_columns([RAW_COL]).select(SAMPLE_SCHEMA.names).cast(SAMPLE_SCHEMA)
+        pending = rows if pending is None else pa.concat_tables([pending, rows])
+        # Shards of exactly shard_rows rows whatever Ray Data's block sizes were, so a
+        # rerun writes byte-identical files.
+        while pending.num_rows >= cfg.data.shard_rows:
+            write(pending.slice(0, cfg.data.shard_rows))
+            pending = pending.slice(cfg.data.shard_rows)
         done += batch.num_rows
-        if buffered >= cfg.data.shard_rows:
-            flush()
         if time.time() - last > 10 or done == total:
             last = time.time()
             rate = done / max(time.time() - t0, 1e-9)
             progress(f"[annotate] {done}/{total} rows ({rate:.0f} rows/s, eta {(total - done) / max(rate, 1e-9):.0f}s, "
                      f"{len(unparsed)} unparsed)")
-    flush()
+    if pending is not None and pending.num_rows:
+        write(pending)
     pq.write_table(pa.Table.from_pylist(unparsed, schema=pa.schema([("id", pa.string()), ("raw", pa.string())])),
                    out / "unparsed.parquet")
     man = {"ident": ident, "rows": done, "unparsed": len(unparsed), "shards": shard, "actors": n_actors,

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.ray
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("diag")
-    student, data, samples = make_overfit_student(root)
+    student, data, _ = make_overfit_student(root)
     # The same pictures with other gold answers: the (overfit) student gets every one wrong.
     flipped = pq.read_table(data).to_pylist()
     swap = {"red": "blue", "blue": "green", "green": "yellow", "yellow": "red", "B": "A"}
