@@ -101,3 +101,26 @@ def test_failed_teacher_calls_are_retried_then_recorded(setup):
     got = analyse_all(FlakyTeacher(teacher, 99), items, chunk=5, retries=1, progress=lambda m: None)
     assert len(got) == 5 and {a["status"] for a in got} == {"skipped"}
     assert "replica died" in got[0]["reason"] and "2 attempts" in got[0]["reason"]
+
+
+def test_diagnose_cli_local(ray_local, setup, tmp_path, capsys):
+    """`mmtune diagnose` on the user's own files: a YAML config naming the val split."""
+    from mmtune.cli import main
+
+    _, student, data, flipped, teacher = setup
+    conf = tmp_path / "run.yaml"
+    conf.write_text(f"""
+data:
+  source: files
+  corpus: {data}
+  targets: [{{name: toy, val: {flipped}, test: {data}}}]
+teacher: {{backend: hf, name_or_path: {teacher.backend.name_or_path}, max_new_tokens: 6, parse_retries: 0}}
+student: {{max_new_tokens: 16}}
+eval: {{batch_size: 8, num_actors: 1}}
+""")
+    assert main(["diagnose", "--config", str(conf), "--student", str(student), "--local",
+                 "--out", str(tmp_path / "d")]) == 0
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.rindex("\n{") + 1:])["wrong"] == 5
+    rows = read_diagnosis(tmp_path / "d" / "diagnosis.parquet")
+    assert len(rows) == 5 and {r["task"] for r in rows} == {"colour", "mc"}
