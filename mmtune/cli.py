@@ -252,6 +252,17 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from mmtune.pipeline import run_pipeline
+    from mmtune.runtime import init_ray
+
+    cfg = _cfg(args)
+    init_ray(cfg.ray)
+    summary = run_pipeline(cfg, resume=args.resume, progress=_progress)
+    print(f"\nrun finished in {summary['seconds']:.0f}s; run directory: {summary['run_dir']}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The embedded default end to end (issue A scope): data, generic student, evaluation."""
     from mmtune.data.catalog import data_paths
@@ -365,6 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--rebuild", action="store_true", help="discard an existing annotation and redo it")
     _with_config(an)
     an.set_defaults(func=cmd_annotate)
+
+    rn = sub.add_parser("run", help="the error-driven loop: annotate, index, then rounds of diagnose, select, "
+                                    "train, evaluate")
+    rn.add_argument("--resume", action="store_true", help="continue runs/<run.name>, skipping finished stages")
+    _with_config(rn)
+    rn.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="run the embedded default end to end")
     _with_config(demo)

@@ -1,0 +1,304 @@
+"""The error-driven loop, end to end: ``mmtune run`` / ``ray_jobs/run_pipeline.py``.
+
+Stages (each recorded in ``runs/<name>/manifest.json``, see :mod:`mmtune.rundir`)::
+
+    data → student → teacher → annotate → index            (once; cached across runs)
+    round r = 1..R:  diagnose_r → select_r → train_r → evaluate_r
+    evaluate_0: the generic student on the same test splits, the baseline row
+
+Choices [ours]:
+- **Rounds retrain from the generic student on the union of the selections so far**
+  (round r trains on rounds 1..r's samples). Every round's student then differs from the
+  generic one only by the data it was given, which keeps rounds comparable, and the
+  budget B is split over rounds as B // R (the last round takes the remainder).
+- **The teacher runs as a Serve app only during diagnosis**, and is deleted before
+  training so its replicas do not hold CPUs/GPUs that Ray Train needs. Annotation, a
+  bulk job, uses a Ray Data actor pool instead (``teacher/annotate_job.py``).
+- **Annotation and the index live in the cache** (``<cache_dir>/annotated/<key>``,
+  ``<cache_dir>/index/<key>``), keyed by the corpus and the teacher/embedder, so every run
+  and every arm of a comparison shares them.
+- **What selection may read:** the target's *validation* split (through the diagnosis)
+  and the pool's text and annotations. The test split is read only by ``evaluate_*``, and
+  SkillWorld's generator metadata never (see ``docs/fairness.md``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mmtune.config import RunConfig, config_hash
+from mmtune.rundir import RunDir
+
+Progress = Callable[[str], None]
+
+
+def _sig(files: list[str]) -> dict[str, list[int]]:
+    """Input files by size and mtime: a changed file changes the stage key."""
+    out = {}
+    for f in files:
+        st = Path(f).stat()
+        out[str(Path(f).resolve())] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+@dataclass
+class RoundResult:
+    round: int
+    scores: list[dict[str, Any]]
+    wrong: int
+    selected: int
+    skills: dict[str, int]
+
+
+def _materialise(corpus_files: list[str], ids: list[str], out: Path) -> Path:
+    """The selected rows of the corpus as one parquet file, in selection order."""
+    want = pa.array(ids, pa.string())
+    parts = []
+    for f in corpus_files:
+        t = pq.read_table(f)
+        parts.append(t.filter(pc.is_in(t.column("id"), value_set=want)))
+    table = pa.concat_tables(parts)
+    order = {x: i for i, x in enumerate(ids)}
+    table = table.take(pa.array(sorted(range(table.num_rows), key=lambda i: order[table.column("id")[i].as_py()])))
+    missing = len(set(ids)) - table.num_rows
+    if missing:
+        raise ValueError(f"{missing} selected ids are not in the corpus files; the index is stale — "
+                         "rebuild it (delete its cache directory)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, out)
+    return out
+
+
+class Pipeline:
+    def __init__(self, cfg: RunConfig, *, resume: bool = False, progress: Progress = print):
+        self.cfg = cfg
+        self.progress = progress
+        self.run = RunDir(cfg, resume=resume, progress=progress)
+        self.root = self.run.root
+
+    # ---------------------------------------------------------------- shared stages
+    def prepare(self) -> dict[str, Any]:
+        from mmtune.data.catalog import data_paths
+        from mmtune.teacher.builtin import resolve_teacher
+        from mmtune.training.pretrain import resolve_student
+
+        cfg = self.cfg
+        kd, data = self.run.stage("data", cfg.data.model_dump(mode="json"), {}, lambda: self._data(data_paths))
+        ks, student = self.run.stage(
+            "student", cfg.student.model_dump(mode="json", exclude={"max_new_tokens"}), {"data": kd},
+            lambda: {"path": str(resolve_student(cfg, progress=self.progress))}, lambda o: [o["path"]])
+        kt, teacher = self.run.stage(
+            "teacher", cfg.teacher.model_dump(mode="json", exclude={"serve", "autoscaling", "host", "port"}),
+            {"data": kd}, lambda: {"path": str(resolve_teacher(cfg, progress=self.progress) or "")})
+        self.keys = {"data": kd, "student": ks, "teacher": kt}
+        self.data, self.student = data, student["path"]
+        self.teacher_dir = teacher["path"] or None
+        return data
+
+    def _data(self, data_paths) -> dict[str, Any]:
+        p = data_paths(self.cfg, self.progress)
+        return {"corpus": [str(x) for x in p.corpus], "generic_eval": [str(x) for x in p.generic_eval],
+                "val": {t: [str(x) for x in ps] for t, ps in p.target_val.items()},
+                "test": {t: [str(x) for x in ps] for t, ps in p.target_test.items()}}
+
+    def needs_teacher(self) -> bool:
+        return self.cfg.retrieval.method in ("dense", "bm25")
+
+    def annotate_and_index(self) -> None:
+        """Annotate the corpus (skills) and index it, both cached by content."""
+        from mmtune.retrieval.corpus_index import build_corpus_index
+        from mmtune.teacher.annotate_job import annotate_corpus, annotated_files
+
+        cfg, rc = self.cfg, self.cfg.retrieval
+        corpus = self.data["corpus"]
+        self.pool_files = corpus
+        if rc.method in ("random", "full"):
+            return
+        if self.needs_teacher():
+            tcfg = cfg.teacher.model_dump(mode="json", exclude={"serve", "autoscaling", "host", "port"})
+            akey = config_hash({"corpus": _sig(corpus), "teacher": tcfg, "teacher_key": self.keys["teacher"]})
+            adir = Path(cfg.run.cache_dir) / "annotated" / akey
+            ka, _ = self.run.stage("annotate", {"dir": str(adir)}, {"teacher": self.keys["teacher"]},
+                                   lambda: annotate_corpus(cfg, corpus, adir, builtin_dir=self.teacher_dir,
+                                                           progress=self.progress),
+                                   lambda o: [str(adir / "manifest.json")])
+            self.pool_files = [str(p) for p in annotated_files(adir)]
+            self.keys["annotate"] = ka
+            icfg = cfg
+        else:  # instruction similarity: the corpus's instructions, no teacher
+            icfg = cfg.model_copy(update={"retrieval": rc.model_copy(update={"text": "instruction"})})
+        ikey = config_hash({"pool": _sig(self.pool_files), "embedder": icfg.retrieval.embedder,
+                            "text": icfg.retrieval.text, "index_type": icfg.retrieval.index_type})
+        idir = Path(cfg.run.cache_dir) / "index" / ikey
+        self.index_cfg = icfg
+        ki, _ = self.run.stage("index", {"dir": str(idir)}, {k: v for k, v in self.keys.items() if k == "annotate"},
+                               lambda: build_corpus_index(icfg, self.pool_files, idir, progress=self.progress),
+                               lambda o: [str(idir)])
+        self.index_dir, self.keys["index"] = idir, ki
+
+    # ---------------------------------------------------------------- per round
+    def diagnose(self, r: int, adapter: str | None, prev_key: str) -> tuple[str, dict[str, Any]]:
+        from mmtune.diagnosis import diagnose
+
+        cfg = self.cfg
+        out = self.root / f"round_{r}" / "diagnosis"
+
+        def work() -> dict[str, Any]:
+            from mmtune.teacher.serve import ServedTeacher, start_teacher, stop_teacher
+
+            handle = start_teacher(cfg, builtin_dir=self.teacher_dir, blocking=False)
+            try:
+                return diagnose(cfg, self.student, {f"{t}/val": ps for t, ps in self.data["val"].items()},
+                                ServedTeacher(handle), out, round_=r, adapter_dir=adapter, concurrency=4,
+                                progress=self.progress)
+            finally:
+                stop_teacher(cfg)  # the replicas must not hold resources while Ray Train runs
+
+        return self.run.stage(f"diagnose_{r}", {"teacher": self.keys["teacher"], "eval": cfg.eval.model_dump(mode="json"),
+                                                "delta": cfg.teacher.delta, "patience": cfg.teacher.switch_patience},
+                              {"previous": prev_key}, work, lambda o: [o["path"]])
+
+    def budget(self, r: int) -> int:
+        rc = self.cfg.retrieval
+        share = rc.budget // rc.rounds
+        return share + (rc.budget - share * rc.rounds if r == rc.rounds else 0)
+
+    def select(self, r: int, diag: dict[str, Any] | None, taken: list[str], inputs: dict[str, str]) -> tuple[str, dict]:
+        from mmtune.diagnosis import read_diagnosis
+        from mmtune.retrieval import select as sel
+
+        cfg, rc = self.cfg, self.cfg.retrieval
+        out = self.root / f"round_{r}" / "selection.parquet"
+        budget = self.budget(r)
+
+        def pool_ids() -> list[str]:
+            return [x for f in self.pool_files for x in pq.read_table(f, columns=["id"]).column("id").to_pylist()]
+
+        def work() -> dict[str, Any]:
+            if rc.method == "random":
+                s = sel.select_random(pool_ids(), budget, seed=cfg.run.seed + r, round=r, exclude_ids=taken)
+            elif rc.method == "full":
+                s = sel.select_full(pool_ids(), round=r, exclude_ids=taken)
+            else:
+                from mmtune.retrieval.corpus_index import load_corpus_index
+                from mmtune.retrieval.embed import TextEmbedder
+
+                vindex, bm25 = load_corpus_index(self.index_dir)
+                if rc.method == "instruction_similarity":
+                    qs = [q for ps in self.data["val"].values() for f in ps
+                          for q in pq.read_table(f, columns=["instruction"]).column("instruction").to_pylist()]
+                    s = sel.select_instruction_similarity(qs, budget, vindex, embed_fn=TextEmbedder(rc.embedder),
+                                                          round=r, exclude_ids=taken)
+                else:
+                    rows = [d for d in read_diagnosis(diag["path"]) if d["status"] == "ok" and d["missing_skill"]]
+                    qs = [d["missing_skill"] for d in rows]
+                    if not qs:
+                        raise ValueError(f"round {r}: no diagnosed errors with a skill to retrieve for "
+                                         f"({diag['status']}); see {diag['path']}")
+                    if rc.method == "bm25":
+                        if bm25 is None:
+                            raise ValueError("retrieval.method=bm25 needs a text index; this one holds images")
+                        s = sel.select_bm25(qs, budget, bm25, round=r, exclude_ids=taken)
+                    else:
+                        s = sel.select(qs, budget, vindex, round=r, method="dense", exclude_ids=taken,
+                                       embed_fn=TextEmbedder(rc.embedder))
+            sel.write_selection(s, out)
+            return {"path": str(out), **s.summary()}
+
+        return self.run.stage(f"select_{r}", {"retrieval": rc.model_dump(mode="json"), "budget": budget},
+                              inputs, work, lambda o: [o["path"]])
+
+    def train(self, r: int, ids: list[str], inputs: dict[str, str]) -> tuple[str, dict[str, Any]]:
+        from mmtune.training.job import run_train_job
+
+        cfg = self.cfg
+        data = self.root / f"round_{r}" / "train_data.parquet"
+
+        def work() -> dict[str, Any]:
+            _materialise(self.pool_files, ids, data)
+            o = run_train_job(cfg, [str(data)], student=self.student, name=f"round_{r}/train", progress=self.progress)
+            return {"adapter": o.adapter_dir, "steps": o.steps, "samples": o.samples, "seconds": o.seconds,
+                    "loss": o.metrics.get("loss"), "run_dir": o.run_dir}
+
+        return self.run.stage(f"train_{r}", {"training": cfg.training.model_dump(mode="json"),
+                                             "student": cfg.student.model_dump(mode="json")},
+                              inputs, work, lambda o: [o["adapter"]] if o.get("adapter") else [])
+
+    def evaluate(self, r: int, adapter: str | None, inputs: dict[str, str]) -> tuple[str, dict[str, Any]]:
+        from dataclasses import asdict
+
+        from mmtune.training.evaluate import evaluate_splits
+
+        cfg = self.cfg
+        out = self.root / f"round_{r}" / "eval"
+        splits: dict[str, list[str]] = {f"{t}/test": ps for t, ps in self.data["test"].items()}
+        if self.data.get("generic_eval"):
+            splits["corpus-tasks"] = self.data["generic_eval"]  # forgetting check
+
+        def work() -> dict[str, Any]:
+            scores = evaluate_splits(cfg, self.student, splits, adapter_dir=adapter, out_dir=out,
+                                     progress=self.progress)
+            return {"scores": [asdict(s) for s in scores], "path": str(out / "scores.json")}
+
+        return self.run.stage(f"evaluate_{r}", {"eval": cfg.eval.model_dump(mode="json"),
+                                                "max_new_tokens": cfg.student.max_new_tokens},
+                              inputs, work, lambda o: [o["path"]])
+
+    # ---------------------------------------------------------------- the loop
+    def run_all(self) -> dict[str, Any]:
+        t0 = time.time()
+        self.prepare()
+        self.annotate_and_index()
+        _, ev0 = self.evaluate(0, None, {"student": self.keys["student"]})
+        rounds = [{"round": 0, "scores": ev0["scores"]}]
+        adapter, prev, taken, sel_keys = None, self.keys["student"], [], []
+        for r in range(1, self.cfg.retrieval.rounds + 1):
+            diag = None
+            inputs = {"previous": prev, **{k: self.keys[k] for k in ("index",) if k in self.keys}}
+            if self.needs_teacher():
+                kdg, diag = self.diagnose(r, adapter, prev)
+                inputs["diagnose"] = kdg
+            ksel, sel = self.select(r, diag, taken, inputs)
+            from mmtune.retrieval.select import read_selection
+
+            taken = taken + [row["id"] for row in read_selection(sel["path"])]
+            sel_keys.append(ksel)
+            ktr, tr = self.train(r, taken, {"selections": config_hash(sel_keys), "student": self.keys["student"]})
+            _, ev = self.evaluate(r, tr.get("adapter"), {"train": ktr})
+            adapter, prev = tr.get("adapter"), ktr
+            rounds.append({"round": r, "scores": ev["scores"], "selected": len(taken),
+                           "wrong": diag["wrong"] if diag else None,
+                           "skills": diag["skills"] if diag else {}, "train": tr})
+        summary = {"run_dir": str(self.root), "method": self.cfg.retrieval.method, "rounds": rounds,
+                   "seconds": round(time.time() - t0, 1)}
+        (self.root / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        self.progress("\n" + summary_table(summary))
+        return summary
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    """Per-round accuracy on each split with its majority baseline; round 0 = generic student."""
+    rounds = summary["rounds"]
+    splits = [(s["split"], s["task"]) for s in rounds[0]["scores"]]
+    head = f"{'split':<20} {'task':<20} {'majority':>8} " + " ".join(f"{'r' + str(r['round']):>7}" for r in rounds)
+    lines = [f"accuracy per round ({summary['method']}; r0 = generic student)", head, "-" * len(head)]
+    by = [{(s["split"], s["task"]): s for s in r["scores"]} for r in rounds]
+    for key in splits:
+        maj = by[0][key]["majority"]
+        lines.append(f"{key[0]:<20} {key[1]:<20} {maj:>8.3f} "
+                     + " ".join(f"{b[key]['accuracy']:>7.3f}" if key in b else f"{'-':>7}" for b in by))
+    return "\n".join(lines)
+
+
+def run_pipeline(cfg: RunConfig, *, resume: bool = False, progress: Progress = print) -> dict[str, Any]:
+    """Run (or resume) the loop; Ray must be initialised by the caller."""
+    return Pipeline(cfg, resume=resume, progress=progress).run_all()
