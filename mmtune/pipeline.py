@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mmtune.config import RunConfig, config_hash
+from mmtune.fairness import SelectionView
 from mmtune.rundir import RunDir
 
 Progress = Callable[[str], None]
@@ -96,12 +97,13 @@ class Pipeline:
         ks, student = self.run.stage(
             "student", cfg.student.model_dump(mode="json", exclude={"max_new_tokens"}), {"data": kd},
             lambda: {"path": str(resolve_student(cfg, progress=self.progress))}, lambda o: [o["path"]])
-        kt, teacher = self.run.stage(
-            "teacher", cfg.teacher.model_dump(mode="json", exclude={"serve", "autoscaling", "host", "port"}),
-            {"data": kd}, lambda: {"path": str(resolve_teacher(cfg, progress=self.progress) or "")})
-        self.keys = {"data": kd, "student": ks, "teacher": kt}
-        self.data, self.student = data, student["path"]
-        self.teacher_dir = teacher["path"] or None
+        self.keys = {"data": kd, "student": ks}
+        self.data, self.student, self.teacher_dir = data, student["path"], None
+        if self.needs_teacher():  # random, full and instruction similarity never ask a teacher
+            kt, teacher = self.run.stage(
+                "teacher", cfg.teacher.model_dump(mode="json", exclude={"serve", "autoscaling", "host", "port"}),
+                {"data": kd}, lambda: {"path": str(resolve_teacher(cfg, progress=self.progress) or "")})
+            self.keys["teacher"], self.teacher_dir = kt, teacher["path"] or None
         return data
 
     def _data(self, data_paths) -> dict[str, Any]:
@@ -173,33 +175,31 @@ class Pipeline:
         return share + (rc.budget - share * rc.rounds if r == rc.rounds else 0)
 
     def select(self, r: int, diag: dict[str, Any] | None, taken: list[str], inputs: dict[str, str]) -> tuple[str, dict]:
-        from mmtune.diagnosis import read_diagnosis
         from mmtune.retrieval import select as sel
 
         cfg, rc = self.cfg, self.cfg.retrieval
         out = self.root / f"round_{r}" / "selection.parquet"
         budget = self.budget(r)
 
-        def pool_ids() -> list[str]:
-            return [x for f in self.pool_files for x in pq.read_table(f, columns=["id"]).column("id").to_pylist()]
+        # Selection reads only through this view: the test splits and generator metadata are
+        # refused by construction (mmtune/fairness.py).
+        view = SelectionView(self.pool_files, self.data["val"], self.data["test"], diag["path"] if diag else None)
 
         def work() -> dict[str, Any]:
             if rc.method == "random":
-                s = sel.select_random(pool_ids(), budget, seed=cfg.run.seed + r, round=r, exclude_ids=taken)
+                s = sel.select_random(view.pool_ids(), budget, seed=cfg.run.seed + r, round=r, exclude_ids=taken)
             elif rc.method == "full":
-                s = sel.select_full(pool_ids(), round=r, exclude_ids=taken)
+                s = sel.select_full(view.pool_ids(), round=r, exclude_ids=taken)
             else:
                 from mmtune.retrieval.corpus_index import load_corpus_index
                 from mmtune.retrieval.embed import TextEmbedder
 
                 vindex, bm25 = load_corpus_index(self.index_dir)
                 if rc.method == "instruction_similarity":
-                    qs = [q for ps in self.data["val"].values() for f in ps
-                          for q in pq.read_table(f, columns=["instruction"]).column("instruction").to_pylist()]
-                    s = sel.select_instruction_similarity(qs, budget, vindex, embed_fn=TextEmbedder(rc.embedder),
+                    s = sel.select_instruction_similarity(view.val_instructions(), budget, vindex, embed_fn=TextEmbedder(rc.embedder),
                                                           round=r, exclude_ids=taken)
                 else:
-                    rows = [d for d in read_diagnosis(diag["path"]) if d["status"] == "ok" and d["missing_skill"]]
+                    rows = [d for d in view.diagnosis_rows() if d["status"] == "ok" and d["missing_skill"]]
                     qs = [d["missing_skill"] for d in rows]
                     if not qs:
                         raise ValueError(f"round {r}: no diagnosed errors with a skill to retrieve for "
