@@ -35,7 +35,7 @@ from collections import Counter as _Tally
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -47,8 +47,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmtune.config import RunConfig, TeacherConfig, load_config
 
-from .backend import LOGPROB_FLOOR, TeacherError
-from .teacher import Analysis
+if TYPE_CHECKING:
+    from .teacher import Analysis
+
+# The ingress imports this module too: the backend (and torch with it) is imported only
+# where a model is, so an ingress replica stays light. Kept equal to backend.LOGPROB_FLOOR
+# (a test checks it).
+LOGPROB_FLOOR = -100.0
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +257,7 @@ class TeacherModel:
         return self.get_stats()
 
     # ------------------------------------------------------------------ public methods
-    async def analyse(self, items: list[dict[str, Any]], locate: str = "switch", seed: int = 0) -> list[Analysis]:
+    async def analyse(self, items: list[dict[str, Any]], locate: str = "switch", seed: int = 0) -> "list[Analysis]":
         if locate not in ("switch", "which_step", "random"):
             raise ValueError(f"unknown locate {locate!r}; use switch, which_step or random")
         return await self._serve("analyse", len(items), self._analyse_b, self._analyse_fused,
@@ -334,7 +339,7 @@ class TeacherModel:
         return out
 
     # The fused bodies: plain functions over a list of requests, run in a worker thread.
-    def _analyse_fused(self, reqs: list[tuple]) -> list[list[Analysis]]:
+    def _analyse_fused(self, reqs: list[tuple]) -> "list[list[Analysis]]":
         _, locate, seed = reqs[0]
         flat = [it for items, _, _ in reqs for it in items]
         return _split(self.teacher.analyse(flat, locate, seed) if flat else [], [len(r[0]) for r in reqs])
@@ -479,7 +484,15 @@ def _short(e: BaseException, limit: int = 500) -> str:
 
 def http_error_for(e: BaseException) -> ApiError:
     """Map a failure of a model call to an HTTP status (docs/serving.md lists them)."""
-    from ray.serve.exceptions import BackPressureError
+    from ray.exceptions import RayActorError
+    from ray.serve.exceptions import (
+        BackPressureError,
+        DeploymentUnavailableError,
+        ReplicaUnavailableError,
+    )
+
+    unavailable = (BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError, RayActorError)
+    from .backend import TeacherError
 
     c = _cause(e)
     msg = _short(c)
@@ -487,8 +500,9 @@ def http_error_for(e: BaseException) -> ApiError:
         return ApiError(502, f"the teacher's backend failed: {msg}", "upstream_error", code="backend_failed")
     if isinstance(c, NotImplementedError):
         return ApiError(501, msg, "not_implemented", code="not_supported_by_backend")
-    if isinstance(c, BackPressureError) or isinstance(e, BackPressureError):
-        return ApiError(503, f"the teacher is overloaded, retry later: {msg}", "overloaded", code="overloaded")
+    if isinstance(c, unavailable) or isinstance(e, unavailable):
+        return ApiError(503, f"the teacher is overloaded or restarting, retry later: {msg}", "overloaded",
+                        code="unavailable")
     if isinstance(c, ValueError):
         return ApiError(422, f"the teacher refused the input: {msg}", code="invalid_input")
     return ApiError(500, f"internal error in the teacher ({type(c).__name__}): {msg}", "internal_error",
@@ -786,9 +800,13 @@ def build_app(cfg: RunConfig, builtin_dir: str | Path | None = None) -> serve.Ap
         {"num_replicas": a.min_replicas} if a.min_replicas == a.max_replicas else
         {"autoscaling_config": {"min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
                                 "target_ongoing_requests": a.target_ongoing_requests}})
-    model = TeacherModel.options(ray_actor_options=actor, max_ongoing_requests=max_ongoing, **scaling).bind(
-        tdict, str(Path(builtin_dir).resolve()) if builtin_dir is not None else None)
-    ingress = TeacherIngress.options(ray_actor_options={"num_cpus": INGRESS_CPUS}, num_replicas=1,
+    # A stopping replica polls for its in-flight requests every wait-loop period (Serve's
+    # default 2 s), so even an idle app took seconds to delete: stop_teacher frees the
+    # teacher's devices before training, where those seconds are pure waiting.
+    drain = {"graceful_shutdown_wait_loop_s": 0.25}
+    model = TeacherModel.options(ray_actor_options=actor, max_ongoing_requests=max_ongoing, **drain,
+                                 **scaling).bind(tdict, str(Path(builtin_dir).resolve()) if builtin_dir else None)
+    ingress = TeacherIngress.options(ray_actor_options={"num_cpus": INGRESS_CPUS}, num_replicas=1, **drain,
                                      max_ongoing_requests=max(64, 4 * max_ongoing * a.max_replicas))
     return ingress.bind(tdict, model, s.app_name)
 
@@ -936,7 +954,7 @@ class ServedTeacher:
             out += c.result(timeout_s=self.timeout_s)
         return out
 
-    def analyse(self, items: Sequence[dict[str, Any]], locate: str = "switch", seed: int = 0) -> list[Analysis]:
+    def analyse(self, items: Sequence[dict[str, Any]], locate: str = "switch", seed: int = 0) -> "list[Analysis]":
         return self._map("analyse", [items], locate, seed)
 
     def annotate(self, samples: Sequence[dict[str, Any]]) -> list[tuple[list[str], str]]:
