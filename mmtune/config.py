@@ -160,12 +160,12 @@ class BuiltinTeacherSettings(_Section):
     """The demo's teacher: a small causal LM trained locally on corpus-task text only."""
 
     samples_per_task: int = Field(300, ge=10, description="generated corpus-task samples per task (never targets)")
-    hidden: int = Field(192, ge=16)
-    layers: int = Field(4, ge=1)
+    hidden: int = Field(128, ge=16)
+    layers: int = Field(3, ge=1)
     heads: int = Field(4, ge=1)
-    intermediate: int = Field(384, ge=16)
+    intermediate: int = Field(256, ge=16)
     vocab_size: int = Field(768, ge=300)
-    steps: int = Field(1500, ge=1)
+    steps: int = Field(1200, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(2e-3, gt=0)
     threads: int | None = Field(None, ge=1, description="torch threads; null = torch's default")

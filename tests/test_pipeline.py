@@ -28,7 +28,7 @@ def random_run(ray_local, tmp_path_factory):
 
 
 def test_loop_writes_every_stage(random_run):
-    cfg, summary, logs = random_run
+    _, summary, logs = random_run
     root = summary["run_dir"]
     man = json.loads(open(f"{root}/manifest.json").read())
     want = ["data", "student", "evaluate_0", "select_1", "train_1", "evaluate_1", "select_2",
