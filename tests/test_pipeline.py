@@ -1,6 +1,7 @@
 """The loop end to end on a local Ray, at seconds' scale: stages, manifest, resume."""
 
 import json
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -30,7 +31,7 @@ def random_run(ray_local, tmp_path_factory):
 def test_loop_writes_every_stage(random_run):
     _, summary, logs = random_run
     root = summary["run_dir"]
-    man = json.loads(open(f"{root}/manifest.json").read())
+    man = json.loads(Path(root, "manifest.json").read_text())
     want = ["data", "student", "evaluate_0", "select_1", "train_1", "evaluate_1", "select_2",
             "train_2", "evaluate_2"]
     assert [s for s in man["stages"]] == want
@@ -51,9 +52,9 @@ def test_resume_skips_finished_stages_and_redoes_interrupted_ones(random_run):
     root = summary["run_dir"]
     with pytest.raises(FileExistsError, match="--resume"):
         run_pipeline(cfg, progress=lambda m: None)
-    man = json.loads(open(f"{root}/manifest.json").read())
+    man = json.loads(Path(root, "manifest.json").read_text())
     man["stages"]["evaluate_2"]["state"] = "running"  # as a driver killed mid-stage leaves it
-    open(f"{root}/manifest.json", "w").write(json.dumps(man))
+    Path(root, "manifest.json").write_text(json.dumps(man))
     logs: list[str] = []
     again = run_pipeline(cfg, resume=True, progress=logs.append)
     skipped = [m for m in logs if "unchanged, skipped" in m]
