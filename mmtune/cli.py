@@ -264,24 +264,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The embedded default end to end (issue A scope): data, generic student, evaluation."""
-    from mmtune.data.catalog import data_paths
+    """The embedded default end to end: the whole loop on SkillWorld, from a fresh run
+    directory (the caches of data, student, teacher, annotation and index are reused)."""
+    import shutil
+
+    from mmtune.pipeline import run_pipeline
     from mmtune.runtime import init_ray
-    from mmtune.training.evaluate import evaluate_splits, format_table
-    from mmtune.training.pretrain import ensure_generic_student
 
     cfg = _cfg(args)
-    t0 = time.time()
-    data_paths(cfg, _progress)
-    student = ensure_generic_student(cfg, progress=_progress)
+    run_dir = Path(cfg.run.out_dir) / cfg.run.name
+    if run_dir.exists():
+        _progress(f"[demo] replacing the previous demo run at {run_dir} (caches in {cfg.run.cache_dir} are kept)")
+        shutil.rmtree(run_dir)
     init_ray(cfg.ray)
-    out = Path(cfg.run.out_dir) / cfg.run.name / "report"
-    scores = evaluate_splits(cfg, student, _eval_splits(cfg, "test"), out_dir=out, progress=_progress)
-    table = format_table(scores, title="generic student (before adaptation), test splits")
-    (out / "generic_student.txt").write_text(table + "\n")
-    print()
-    print(table)
-    print(f"\ndemo finished in {time.time() - t0:.0f}s; report: {out}")
+    summary = run_pipeline(cfg, progress=_progress)
+    print(f"\ndemo finished in {summary['seconds']:.0f}s; run directory: {summary['run_dir']} "
+          f"(summary.json, manifest.json, round_*/)")
     return 0
 
 

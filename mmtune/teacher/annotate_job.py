@@ -100,12 +100,17 @@ def annotate_corpus(cfg: RunConfig, files: Sequence[str | Path], out_dir: str | 
     total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     progress(f"[annotate] {total} corpus rows, {n_actors} teacher actor(s){' on GPU' if gpus else ''}")
     ctx = ray.data.DataContext.get_current()
-    keep_order = ctx.execution_options.preserve_order
-    ctx.execution_options.preserve_order = True  # deterministic shards; restored below
+    keep = (ctx.execution_options.preserve_order, ctx.target_max_block_size)
+    ctx.execution_options.preserve_order = True  # deterministic shards
+    # Blocks of ~1/200 of the corpus (1 MiB .. 128 MiB): the default 128 MiB blocks would hold
+    # a small corpus whole, and the driver would see no result (and print no progress)
+    # until the very end.
+    nbytes = sum(Path(f).stat().st_size for f in files)
+    ctx.target_max_block_size = int(min(max(nbytes // 200, 1 << 20), 128 << 20))
     try:
         return _run(cfg, files, out, ident, builtin_dir, total, n_actors, gpus, threads, progress)
     finally:
-        ctx.execution_options.preserve_order = keep_order
+        ctx.execution_options.preserve_order, ctx.target_max_block_size = keep
 
 
 def _run(cfg: RunConfig, files: list[str], out: Path, ident: dict[str, Any], builtin_dir, total: int,
