@@ -94,17 +94,46 @@ class Pipeline:
 
         cfg = self.cfg
         kd, data = self.run.stage("data", cfg.data.model_dump(mode="json"), {}, lambda: self._data(data_paths))
+        pending = self._train_teacher_alongside()
         ks, student = self.run.stage(
             "student", cfg.student.model_dump(mode="json", exclude={"max_new_tokens"}), {"data": kd},
             lambda: {"path": str(resolve_student(cfg, progress=self.progress))}, lambda o: [o["path"]])
         self.keys = {"data": kd, "student": ks}
         self.data, self.student, self.teacher_dir = data, student["path"], None
         if self.needs_teacher():  # random, full and instruction similarity never ask a teacher
+            def teacher_stage() -> dict[str, Any]:
+                if pending is not None:
+                    import ray
+
+                    ray.get(pending)
+                return {"path": str(resolve_teacher(cfg, progress=self.progress) or "")}
+
             kt, teacher = self.run.stage(
                 "teacher", cfg.teacher.model_dump(mode="json", exclude={"serve", "autoscaling", "host", "port"}),
-                {"data": kd}, lambda: {"path": str(resolve_teacher(cfg, progress=self.progress) or "")})
+                {"data": kd}, teacher_stage)
             self.keys["teacher"], self.teacher_dir = kt, teacher["path"] or None
         return data
+
+    def _train_teacher_alongside(self):
+        """When both the generic student and the built-in teacher must be trained (a fresh
+        machine), train the teacher in a 1-CPU Ray task while the driver pre-trains the
+        student: on 2 cores that nearly halves the first run's wall time."""
+        from mmtune.teacher.builtin import META_FILE, teacher_dir
+        from mmtune.training.pretrain import META_FILE as STUDENT_META
+        from mmtune.training.pretrain import student_dir
+
+        cfg = self.cfg
+        if (not self.needs_teacher() or cfg.teacher.backend != "builtin" or (teacher_dir(cfg) / META_FILE).is_file()
+                or cfg.student.name_or_path != "tiny-llava" or (student_dir(cfg) / STUDENT_META).is_file()):
+            return None
+        import ray
+
+        from mmtune.teacher.builtin import ensure_builtin_teacher
+
+        self.progress("[run] training the built-in teacher in a Ray task while the student pre-trains")
+        cfg1 = cfg.model_copy(deep=True)
+        cfg1.teacher.builtin.threads = 1
+        return ray.remote(num_cpus=1)(ensure_builtin_teacher).remote(cfg1)
 
     def _data(self, data_paths) -> dict[str, Any]:
         p = data_paths(self.cfg, self.progress)
