@@ -28,22 +28,10 @@ TINY_PROMPTS = [
 def make_tiny_teacher(out: Path) -> Path:
     """A 2-layer, 32-wide random Llama and a locally trained tokenizer, saved as an HF
     directory that ``HFBackend`` loads like any hub model."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tests.tiny import make_tiny_llama
 
-    from mmtune.models.presets import train_tokenizer
-
-    texts = TINY_PROMPTS + [load_template(n).text for n in NAMES]
-    tok = train_tokenizer(texts * 4, 400)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    model = LlamaForCausalLM(cfg).eval()
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return make_tiny_llama(out, (TINY_PROMPTS + [load_template(n).text for n in NAMES]) * 4)
 
 
 def free_port() -> int:
