@@ -123,3 +123,15 @@ def test_teacher_locate_alternatives(backend):
         t.locate(items, "oracle")
     texts = Teacher(backend, TeacherConfig(score_candidates="text")).answer_switch(items[:1])
     assert texts[0][0].step in (1, 2, 3)
+
+
+@pytest.mark.gpu
+def test_hf_backend_on_gpu_matches_cpu(llama_dir):
+    """GPU path: the backend moves to CUDA in bf16 and ranks options as on the CPU."""
+    gpu = HFBackend(llama_dir, device="cuda")
+    assert next(gpu.model.parameters()).is_cuda and next(gpu.model.parameters()).dtype == torch.bfloat16
+    cpu = HFBackend(llama_dir, device="cpu")
+    prompts, options = ["Is it red?\nAnswer:"] * 2, [["yes", "no"], ["A", "B"]]
+    for g, c in zip(gpu.score_options(prompts, options), cpu.score_options(prompts, options)):
+        assert g == pytest.approx(c, abs=0.1)
+    assert len(gpu.generate(["Skill:"])) == 1
