@@ -200,18 +200,29 @@ def cmd_teacher_serve(args: argparse.Namespace) -> int:
 
 
 def _local_or_served_teacher(cfg: RunConfig, local: bool):
-    """(teacher, concurrency, stop): an in-process Teacher, or the Serve app's handle."""
+    """(teacher, concurrency): an in-process Teacher, or a factory of the Serve app's client
+    (started when the student's errors are in, deleted after the analysis)."""
+    import contextlib
+
     from mmtune.teacher.builtin import resolve_teacher
 
     builtin_dir = resolve_teacher(cfg, progress=_progress)
     if local:
         from mmtune.teacher import Teacher, make_backend
 
-        return Teacher(make_backend(cfg.teacher, builtin_dir), cfg.teacher), 1, lambda: None
-    from mmtune.teacher.serve import ServedTeacher, start_teacher, stop_teacher
+        return Teacher(make_backend(cfg.teacher, builtin_dir), cfg.teacher), 1
 
-    handle = start_teacher(cfg, builtin_dir=builtin_dir, blocking=False)
-    return ServedTeacher(handle), 4, lambda: stop_teacher(cfg)
+    @contextlib.contextmanager
+    def served():
+        from mmtune.teacher.serve import ServedTeacher, start_teacher, stop_teacher
+
+        handle = start_teacher(cfg, builtin_dir=builtin_dir, blocking=False, progress=_progress)
+        try:
+            yield ServedTeacher(handle)
+        finally:
+            stop_teacher(cfg)
+
+    return served, 4
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
@@ -226,12 +237,9 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         raise ConfigError("no validation splits: configure data.targets (or use data.source=skillworld)")
     out = Path(args.out) if args.out else Path(cfg.run.out_dir) / cfg.run.name / "diagnosis"
     init_ray(cfg.ray)
-    teacher, concurrency, stop = _local_or_served_teacher(cfg, args.local)
-    try:
-        summary = diagnose(cfg, student, splits, teacher, out, adapter_dir=args.adapter, locate=args.locate,
-                           concurrency=concurrency, progress=_progress)
-    finally:
-        stop()
+    teacher, concurrency = _local_or_served_teacher(cfg, args.local)
+    summary = diagnose(cfg, student, splits, teacher, out, adapter_dir=args.adapter, locate=args.locate,
+                       concurrency=concurrency, progress=_progress)
     print(json.dumps({k: summary[k] for k in ("path", "items", "wrong", "status", "skills")}, indent=2))
     return 0
 

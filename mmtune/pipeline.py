@@ -24,6 +24,7 @@ Choices [ours]:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -183,16 +184,19 @@ class Pipeline:
         cfg = self.cfg
         out = self.root / f"round_{r}" / "diagnosis"
 
-        def work() -> dict[str, Any]:
+        @contextlib.contextmanager
+        def served() -> Any:
             from mmtune.teacher.serve import ServedTeacher, start_teacher, stop_teacher
 
-            handle = start_teacher(cfg, builtin_dir=self.teacher_dir, blocking=False)
+            handle = start_teacher(cfg, builtin_dir=self.teacher_dir, blocking=False, progress=self.progress)
             try:
-                return diagnose(cfg, self.student, {f"{t}/val": ps for t, ps in self.data["val"].items()},
-                                ServedTeacher(handle), out, round_=r, adapter_dir=adapter, concurrency=4,
-                                progress=self.progress)
+                yield ServedTeacher(handle)
             finally:
                 stop_teacher(cfg)  # the replicas must not hold resources while Ray Train runs
+
+        def work() -> dict[str, Any]:
+            return diagnose(cfg, self.student, {f"{t}/val": ps for t, ps in self.data["val"].items()},
+                            served, out, round_=r, adapter_dir=adapter, concurrency=4, progress=self.progress)
 
         return self.run.stage(f"diagnose_{r}", {"teacher": self.keys["teacher"], "eval": cfg.eval.model_dump(mode="json"),
                                                 "delta": cfg.teacher.delta, "patience": cfg.teacher.switch_patience},

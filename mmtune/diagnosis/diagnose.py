@@ -13,6 +13,7 @@ items as ``skipped`` with the error as the reason.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -177,6 +178,10 @@ def diagnose(cfg: RunConfig, student_dir: str | Path, val_splits: dict[str, Sequ
              progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the student on ``val_splits``, analyse its errors, write ``out_dir/diagnosis.parquet``.
 
+    ``teacher`` is anything with ``analyse(items, locate, seed)``, or a zero-argument
+    factory returning a context manager that yields one (the pipeline's Serve app, started
+    after the student's inference and stopped on exit).
+
     Returns a summary (counts by status, skills found). When the student makes no errors,
     an empty diagnosis is written and the summary says so; callers decide whether that
     ends the run (``NoErrors`` is raised only by :func:`require_errors`).
@@ -192,8 +197,12 @@ def diagnose(cfg: RunConfig, student_dir: str | Path, val_splits: dict[str, Sequ
     else:
         progress(f"[diagnose] {len(items)} wrong of {counts['items']} validation items; asking the teacher "
                  f"(locate={locate})")
-        analyses = analyse_all(teacher, items, locate=locate, concurrency=concurrency,
-                               retries=cfg.teacher.max_retries, progress=progress, seed=cfg.run.seed)
+        # A factory starts the teacher only now, after the student's inference has released
+        # its CPUs/GPUs: on a small machine both at once would starve Ray Data's read tasks.
+        ctx = teacher() if not hasattr(teacher, "analyse") else contextlib.nullcontext(teacher)
+        with ctx as t:
+            analyses = analyse_all(t, items, locate=locate, concurrency=concurrency,
+                                   retries=cfg.teacher.max_retries, progress=progress, seed=cfg.run.seed)
     rows = [_row(it, a, round_) for it, a in zip(items, analyses)]
     path = write_diagnosis(rows, out / "diagnosis.parquet")
     by_status: dict[str, int] = {}
