@@ -43,6 +43,15 @@ from mmtune.rundir import RunDir
 Progress = Callable[[str], None]
 
 
+# Teacher settings that change no output (throughput, placement, transport) stay out of
+# stage keys, so that tuning them never re-annotates a corpus.
+_TEACHER_OPERATIONAL = {"serve", "autoscaling", "host", "port", "batch_size", "device", "timeout_s", "max_retries"}
+
+
+def _teacher_identity(cfg: RunConfig) -> dict[str, Any]:
+    return cfg.teacher.model_dump(mode="json", exclude=_TEACHER_OPERATIONAL)
+
+
 def _sig(files: list[str]) -> dict[str, list[int]]:
     """Input files by size and mtime: a changed file changes the stage key."""
     out = {}
@@ -110,7 +119,7 @@ class Pipeline:
                 return {"path": str(resolve_teacher(cfg, progress=self.progress) or "")}
 
             kt, teacher = self.run.stage(
-                "teacher", cfg.teacher.model_dump(mode="json", exclude={"serve", "autoscaling", "host", "port"}),
+                "teacher", _teacher_identity(cfg),
                 {"data": kd}, teacher_stage)
             self.keys["teacher"], self.teacher_dir = kt, teacher["path"] or None
         return data
@@ -156,7 +165,7 @@ class Pipeline:
         if rc.method in ("random", "full"):
             return
         if self.needs_teacher():
-            tcfg = cfg.teacher.model_dump(mode="json", exclude={"serve", "autoscaling", "host", "port"})
+            tcfg = _teacher_identity(cfg)
             akey = config_hash({"corpus": _sig(corpus), "teacher": tcfg, "teacher_key": self.keys["teacher"]})
             adir = Path(cfg.run.cache_dir) / "annotated" / akey
             ka, _ = self.run.stage("annotate", {"dir": str(adir)}, {"teacher": self.keys["teacher"]},
