@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from mmtune.config import ConfigError, RunConfig, load_config
@@ -271,6 +272,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    import yaml
+
+    from mmtune.data.catalog import data_paths
+    from mmtune.runtime import init_ray
+    from mmtune.search import run_search
+    from mmtune.training.job import training_paths
+
+    cfg = _cfg(args)
+    space = yaml.safe_load(Path(args.space).read_text()) if args.space else None
+    if space is not None and not isinstance(space, dict):
+        raise ConfigError(f"--space {args.space}: expected a mapping of dotted paths, got {type(space).__name__}")
+    train = training_paths(cfg, args.data, progress=_progress)
+    val = {name: [str(p) for p in paths] for name, paths in data_paths(cfg, _progress).target_val.items()}
+    init_ray(cfg.ray)
+    out = args.out or Path(cfg.run.out_dir) / cfg.run.name / "search"
+    result = run_search(cfg, train, val, student=args.student, out_dir=out, space=space, progress=_progress)
+    print(json.dumps(asdict(result), default=str))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The embedded default end to end: the whole loop on SkillWorld, from a fresh run
     directory (the caches of data, student, teacher, annotation and index are reused)."""
@@ -388,6 +410,16 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--resume", action="store_true", help="continue runs/<run.name>, skipping finished stages")
     _with_config(rn)
     rn.set_defaults(func=cmd_run)
+
+    se = sub.add_parser("search", help="Ray Tune (ASHA) over CoMMIT's constants, scored on the target val splits")
+    se.add_argument("--data", action="append", metavar="PATH",
+                    help="training parquet: file, directory or glob (repeatable; default: the configured corpus)")
+    se.add_argument("--student", help="starting student directory or hub id (default: from config)")
+    se.add_argument("--space", help="YAML mapping {dotted.path: {loguniform|uniform|choice: [...]}} "
+                                    "(default: search.space, else the built-in space)")
+    se.add_argument("--out", help="output directory (default: runs/<run.name>/search)")
+    _with_config(se, required=False)
+    se.set_defaults(func=cmd_search)
 
     demo = sub.add_parser("demo", help="run the embedded default end to end")
     _with_config(demo)

@@ -78,7 +78,7 @@ class DataConfig(_Section):
     read_chunk_rows: int = Field(1024, ge=1, description="rows per streamed chunk when reading")
 
     @model_validator(mode="after")
-    def _files_need_paths(self) -> "DataConfig":
+    def _files_need_paths(self) -> DataConfig:
         if self.source == "files" and not self.corpus:
             raise ValueError("data.source=files needs data.corpus (a path to your corpus)")
         return self
@@ -100,7 +100,7 @@ class TinyLlavaPreset(_Section):
     max_position: int = Field(512, ge=64)
 
     @model_validator(mode="after")
-    def _heads_divide(self) -> "TinyLlavaPreset":
+    def _heads_divide(self) -> TinyLlavaPreset:
         for hidden, heads, name in ((self.vision_hidden, self.vision_heads, "vision"),
                                     (self.text_hidden, self.text_heads, "text")):
             if hidden % heads:
@@ -150,7 +150,7 @@ class AutoscalingSettings(_Section):
     target_ongoing_requests: float = Field(4.0, gt=0)
 
     @model_validator(mode="after")
-    def _order(self) -> "AutoscalingSettings":
+    def _order(self) -> AutoscalingSettings:
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas ({self.min_replicas}) > max_replicas ({self.max_replicas})")
         return self
@@ -212,7 +212,7 @@ class TeacherConfig(_Section):
     port: int = Field(8000, ge=1, le=65535)
 
     @model_validator(mode="after")
-    def _backend_needs(self) -> "TeacherConfig":
+    def _backend_needs(self) -> TeacherConfig:
         if self.backend == "hf" and not self.name_or_path:
             raise ValueError("backend 'hf' needs teacher.name_or_path (a hub id or a local directory)")
         if self.backend == "openai" and not (self.name_or_path and self.base_url):
@@ -279,10 +279,30 @@ class TrainingConfig(_Section):
 
 # --------------------------------------------------------------------------- search
 class SearchConfig(_Section):
+    """Ray Tune (ASHA) over CoMMIT's constants; see docs/search.md."""
+
     num_samples: int = Field(8, ge=1)
     max_concurrent_trials: int = Field(2, ge=1)
     metric: str = "val_accuracy"
     mode: Literal["max", "min"] = "max"
+    rungs: int = Field(4, ge=1, description="evaluations on the val splits per trial (ASHA's rungs)")
+    grace_period: int = Field(1, ge=1, description="rungs every trial runs before ASHA may stop it")
+    reduction_factor: float = Field(2.0, gt=1.0)
+    placement: Literal["workers", "trial"] = Field(
+        "workers", description="workers: each trial its own Ray Train worker group; trial: Train's local mode "
+                               "inside the trial process (no worker-group start-up)")
+    cpus_per_worker: float | None = Field(None, gt=0, description="null = fitted to the cluster and concurrency")
+    max_val_items: int | None = Field(200, ge=1, description="val items scored per split at each rung")
+    evaluate_base: bool = Field(True, description="trial 0 runs the base config's own values")
+    stop_timeout_s: float = Field(120.0, gt=0)
+    space: dict[str, Any] | None = Field(None, description="{dotted.path: {loguniform|uniform|choice: [...]}}; "
+                                                          "null = the built-in space")
+
+    @model_validator(mode="after")
+    def _grace(self) -> SearchConfig:
+        if self.grace_period > self.rungs:
+            raise ValueError(f"grace_period ({self.grace_period}) > rungs ({self.rungs})")
+        return self
 
 
 # --------------------------------------------------------------------------- eval
