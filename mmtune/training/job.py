@@ -107,9 +107,13 @@ def run_train_job(cfg: RunConfig, paths: Sequence[str], *, tasks: Sequence[str] 
     trainer = build_trainer(tc, cfg.student, student_path, ds, storage_path=run_dir / "ray", name=name,
                             seed=cfg.run.seed, cpus_per_worker=tc.cpus_per_worker,
                             torch_threads=tc.torch_threads, extra_config={"log_every": tc.log_every})
-    result = trainer.fit()
+    try:
+        result = trainer.fit()  # Ray 2.60 (Train V2) raises the training error itself
+    except Exception as e:
+        raise RuntimeError(f"training failed after {tc.max_failures} retries (training.max_failures): "
+                           f"{type(e).__name__}: {e}; checkpoints and logs are under {run_dir / 'ray'}") from e
     seconds = time.time() - t0
-    if result.error is not None:
+    if result.error is not None:  # older Ray Train versions return it instead
         raise RuntimeError(f"training failed after {tc.max_failures} retries: {result.error}")
     ckpt = Path(result.checkpoint.path)
     adapter = None
