@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from mmtune.config import RayConfig
 
@@ -34,6 +35,10 @@ def init_ray(cfg: RayConfig) -> dict[str, float]:
         if cfg.temp_dir:
             kwargs["_temp_dir"] = os.path.abspath(cfg.temp_dir)
     ray.init(**kwargs)
+    if not sys.stdout.isatty():
+        # In a log file (ray job, CI, nohup) Ray Data's progress bars become hundreds of
+        # redraw lines per dataset; mmtune prints its own progress for every long stage.
+        ray.data.DataContext.get_current().enable_progress_bars = False
     res = ray.cluster_resources()
     log.info("ray: %s CPUs, %s GPUs", res.get("CPU", 0), res.get("GPU", 0))
     return res
