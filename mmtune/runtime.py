@@ -38,6 +38,8 @@ def init_ray(cfg: RayConfig) -> dict[str, float]:
     if not sys.stdout.isatty():
         # In a log file (ray job, CI, nohup) Ray Data's progress bars become hundreds of
         # redraw lines per dataset; mmtune prints its own progress for every long stage.
+        import ray.data
+
         ray.data.DataContext.get_current().enable_progress_bars = False
     res = ray.cluster_resources()
     log.info("ray: %s CPUs, %s GPUs", res.get("CPU", 0), res.get("GPU", 0))
