@@ -52,6 +52,13 @@ def _teacher_identity(cfg: RunConfig) -> dict[str, Any]:
     return cfg.teacher.model_dump(mode="json", exclude=_TEACHER_OPERATIONAL)
 
 
+def _absolute(path: str) -> str:
+    """Local paths made absolute: Ray Train workers, Serve replicas and Ray Data actors may
+    run in other working directories (or on other nodes, with the same shared paths).
+    Hub ids pass through."""
+    return str(Path(path).resolve()) if Path(path).exists() else path
+
+
 def _sig(files: list[str]) -> dict[str, list[int]]:
     """Input files by size and mtime: a changed file changes the stage key."""
     out = {}
@@ -109,7 +116,7 @@ class Pipeline:
             "student", cfg.student.model_dump(mode="json", exclude={"max_new_tokens"}), {"data": kd},
             lambda: {"path": str(resolve_student(cfg, progress=self.progress))}, lambda o: [o["path"]])
         self.keys = {"data": kd, "student": ks}
-        self.data, self.student, self.teacher_dir = data, student["path"], None
+        self.data, self.student, self.teacher_dir = data, _absolute(student["path"]), None
         if self.needs_teacher():  # random, full and instruction similarity never ask a teacher
             def teacher_stage() -> dict[str, Any]:
                 if pending is not None:
@@ -121,7 +128,7 @@ class Pipeline:
             kt, teacher = self.run.stage(
                 "teacher", _teacher_identity(cfg),
                 {"data": kd}, teacher_stage)
-            self.keys["teacher"], self.teacher_dir = kt, teacher["path"] or None
+            self.keys["teacher"], self.teacher_dir = kt, _absolute(teacher["path"]) if teacher["path"] else None
         return data
 
     def _train_teacher_alongside(self):
@@ -147,9 +154,9 @@ class Pipeline:
 
     def _data(self, data_paths) -> dict[str, Any]:
         p = data_paths(self.cfg, self.progress)
-        return {"corpus": [str(x) for x in p.corpus], "generic_eval": [str(x) for x in p.generic_eval],
-                "val": {t: [str(x) for x in ps] for t, ps in p.target_val.items()},
-                "test": {t: [str(x) for x in ps] for t, ps in p.target_test.items()}}
+        return {"corpus": [_absolute(x) for x in p.corpus], "generic_eval": [_absolute(x) for x in p.generic_eval],
+                "val": {t: [_absolute(x) for x in ps] for t, ps in p.target_val.items()},
+                "test": {t: [_absolute(x) for x in ps] for t, ps in p.target_test.items()}}
 
     def needs_teacher(self) -> bool:
         return self.cfg.retrieval.method in ("dense", "bm25")

@@ -30,7 +30,7 @@ MANIFEST = "manifest.json"
 
 class RunDir:
     def __init__(self, cfg: RunConfig, *, resume: bool = False, progress: Callable[[str], None] = print):
-        self.root = Path(cfg.run.out_dir) / cfg.run.name
+        self.root = (Path(cfg.run.out_dir) / cfg.run.name).resolve()
         self.progress = progress
         path = self.root / MANIFEST
         chash = config_hash(cfg.to_dict())

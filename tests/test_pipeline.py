@@ -1,6 +1,7 @@
 """The loop end to end on a local Ray, at seconds' scale: stages, manifest, resume."""
 
 import json
+import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -20,12 +21,19 @@ LOOP = [*TINY, "student.pretrain.steps=10", "student.max_new_tokens=24", "eval.b
 
 @pytest.fixture(scope="module")
 def random_run(ray_local, tmp_path_factory):
+    # Relative run/cache paths, as in configs/demo.yaml: Ray Train workers run in another
+    # working directory, so every path handed to them must have been made absolute.
     root = tmp_path_factory.mktemp("runs")
-    cfg = load_config(None, [*LOOP, "retrieval.method=random", f"run.out_dir={root}", f"run.cache_dir={root}/cache",
-                             "run.name=loop"])
-    logs: list[str] = []
-    summary = run_pipeline(cfg, progress=logs.append)
-    return cfg, summary, logs
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        cfg = load_config(None, [*LOOP, "retrieval.method=random", "run.out_dir=runs", "run.cache_dir=runs/_cache",
+                                 "run.name=loop"])
+        logs: list[str] = []
+        summary = run_pipeline(cfg, progress=logs.append)
+        yield cfg, summary, logs
+    finally:
+        os.chdir(cwd)
 
 
 def test_loop_writes_every_stage(random_run):

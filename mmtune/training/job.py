@@ -20,9 +20,9 @@ import glob
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 from mmtune.config import ConfigError, RunConfig
 
@@ -94,6 +94,10 @@ def run_train_job(cfg: RunConfig, paths: Sequence[str], *, tasks: Sequence[str] 
     from mmtune.training.trainer import HISTORY_FILE, build_trainer, read_history
 
     student_path = student or resolve_student(cfg, progress=progress)
+    if Path(student_path).exists():
+        # Ray Train workers run in their own working directory: a relative path would not
+        # resolve there (or would resolve to something else).
+        student_path = Path(student_path).resolve()
     run_dir = Path(cfg.run.out_dir).resolve() / cfg.run.name / name
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a train job starts fresh; Ray Train resumes within one fit()
