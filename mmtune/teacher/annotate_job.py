@@ -60,6 +60,15 @@ class Annotator:
         return batch.append_column(RAW_COL, raw)
 
 
+def _norm(ident: dict[str, Any]) -> dict[str, Any]:
+    """An annotation's identity with a local model path made absolute, so that the same
+    teacher named by a relative and an absolute path is recognised as the same."""
+    model = ident.get("model")
+    if model and Path(model).exists():
+        ident = {**ident, "model": str(Path(model).resolve())}
+    return ident
+
+
 def _actor_plan(cfg: RunConfig) -> tuple[int, float, int]:
     import ray
 
@@ -88,7 +97,7 @@ def annotate_corpus(cfg: RunConfig, files: Sequence[str | Path], out_dir: str | 
     man_path = out / MANIFEST
     if man_path.is_file() and not rebuild:
         man = json.loads(man_path.read_text())
-        if man.get("ident") == ident:
+        if _norm(man.get("ident") or {}) == _norm(ident):
             progress(f"[annotate] corpus already annotated at {out} ({man['rows']} rows, {man['unparsed']} unparsed)")
             return man
         raise ValueError(f"{out} holds an annotation of other inputs or by another teacher; use another output "
