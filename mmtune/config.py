@@ -135,6 +135,10 @@ class StudentConfig(_Section):
     preset: TinyLlavaPreset = TinyLlavaPreset()
     pretrain: PretrainConfig = PretrainConfig()
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    image_max_pixels: int | None = Field(
+        None, ge=784, description="cap on the pixels of one image for dynamic-resolution processors (Qwen2-VL: "
+        "about pixels / 784 tokens per image); null = the checkpoint's own setting; fixed-size processors "
+        "(LLaVA-1.5: 336x336) ignore it")
     freeze_vision_tower: bool = True
     freeze_projector: bool = False
     freeze_llm: bool = False
