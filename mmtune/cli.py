@@ -269,6 +269,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     init_ray(cfg.ray)
     summary = run_pipeline(cfg, resume=args.resume, progress=_progress)
     print(f"\nrun finished in {summary['seconds']:.0f}s; run directory: {summary['run_dir']}")
+    print(f"report: {_write_report(Path(summary['run_dir'])).html}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from mmtune.compare import run_compare
+    from mmtune.runtime import init_ray
+
+    cfg = _cfg(args)
+    init_ray(cfg.ray)
+    result = run_compare(cfg, resume=args.resume, progress=_progress)
+    root = Path(cfg.run.out_dir).resolve() / cfg.run.name
+    print(f"\ncomparison finished in {result['seconds']:.0f}s: {root / 'compare.md'}")
+    if not args.no_report:
+        paths = _write_report(root)
+        print(f"report: {paths.html}")
+    return 0
+
+
+def _write_report(run_dir: Path | str, out: str | None = None):
+    from mmtune.report import write_report
+
+    return write_report(run_dir, out, progress=_progress)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    paths = _write_report(args.run_dir, args.out)
+    print(f"report: {paths.html}\nmarkdown: {paths.markdown}")
     return 0
 
 
@@ -308,8 +336,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         shutil.rmtree(run_dir)
     init_ray(cfg.ray)
     summary = run_pipeline(cfg, progress=_progress)
+    report = _write_report(Path(summary["run_dir"]))
     print(f"\ndemo finished in {summary['seconds']:.0f}s; run directory: {summary['run_dir']} "
-          f"(summary.json, manifest.json, round_*/)")
+          f"(summary.json, manifest.json, round_*/)\nreport: {report.html}")
     return 0
 
 
@@ -410,6 +439,18 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--resume", action="store_true", help="continue runs/<run.name>, skipping finished stages")
     _with_config(rn)
     rn.set_defaults(func=cmd_run)
+
+    cp = sub.add_parser("compare", help="every arm (ours, baselines, ablations, full, oracle) × budgets × seeds "
+                                        "under the same student, steps and test set; writes compare.md/json")
+    cp.add_argument("--resume", action="store_true", help="skip the cells already finished")
+    cp.add_argument("--no-report", action="store_true", help="do not write the HTML report at the end")
+    _with_config(cp)
+    cp.set_defaults(func=cmd_compare)
+
+    rp = sub.add_parser("report", help="an HTML page + markdown summary of a run or a comparison directory")
+    rp.add_argument("run_dir", help="runs/<name> of mmtune run/demo, or of mmtune compare")
+    rp.add_argument("--out", help="output directory (default: the run directory)")
+    rp.set_defaults(func=cmd_report)
 
     se = sub.add_parser("search", help="Ray Tune (ASHA) over CoMMIT's constants, scored on the target val splits")
     se.add_argument("--data", action="append", metavar="PATH",

@@ -206,6 +206,9 @@ class TeacherConfig(_Section):
     serve: ServeSettings = ServeSettings()
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://host:8000/v1")
     api_key_env: str = Field("OPENAI_API_KEY", description="name of the env var holding the API key (never logged)")
+    locate: Literal["switch", "which_step", "random"] = Field(
+        "switch", description="how the mistake step is found: the answer switch [paper], asking the teacher "
+                              "which step went wrong, or a random step (the paper's 'no mistake identification' ablation)")
     delta: float = Field(0.1, ge=0.0, le=1.0, description="answer-switch margin δ [ours]")
     switch_patience: int = Field(2, ge=1, description="answer-switch persistence λ [ours]")
     hint_probability: float = Field(0.6, gt=0.0, lt=1.0, description="the hint's stated chance for the gold answer")
@@ -227,7 +230,13 @@ class TeacherConfig(_Section):
 
 # --------------------------------------------------------------------------- retrieval
 class RetrievalConfig(_Section):
-    method: Literal["dense", "bm25", "random", "instruction_similarity", "full"] = "dense"
+    method: Literal["dense", "bm25", "random", "instruction_similarity", "full", "oracle"] = Field(
+        "dense", description="dense/bm25: retrieve by the diagnosed missing skills; random; instruction_similarity "
+        "(the val instructions' nearest corpus samples, no teacher); full (the whole corpus); oracle (the targets' "
+        "own val samples, the upper bound)")
+    query: Literal["skill", "step_text"] = Field(
+        "skill", description="what dense/bm25 retrieve with: the teacher's missing-skill phrase [paper], or the "
+                             "text of the mistaken step itself (the paper's 'no skill analysis' ablation)")
     text: Literal["skills", "instruction", "instruction_response", "image"] = Field(
         "skills", description="what a corpus sample is embedded by: its annotated skills (the method), its "
         "instruction, instruction + response, or its image (needs a CLIP embedder)")
@@ -312,8 +321,46 @@ class SearchConfig(_Section):
 # --------------------------------------------------------------------------- eval
 class EvalConfig(_Section):
     batch_size: int = Field(64, ge=1)
+    max_items_per_task: int | None = Field(
+        None, ge=1, description="score at most this many items of each task in each split (the first ones: a "
+                                "fixed subset, the same for every round and arm); null = all")
+    forgetting: bool = Field(True, description="also score the generic eval split (the corpus tasks) to catch forgetting")
     num_actors: int | None = Field(None, ge=1, description="inference actors; null = sized from the cluster")
     num_gpus_per_actor: float = Field(1.0, ge=0, description="used only when the cluster has GPUs")
+
+
+# --------------------------------------------------------------------------- compare
+Arm = Literal["dense", "bm25", "random", "instruction_similarity", "full", "oracle", "random_step", "step_text"]
+
+
+class CompareConfig(_Section):
+    """``mmtune compare``: every arm under the same student, pool, optimiser, lr, steps per
+    budget and test set (docs/compare.md)."""
+
+    arms: list[Arm] = Field(
+        default_factory=lambda: ["dense", "bm25", "random", "instruction_similarity", "random_step", "step_text",
+                                 "full", "oracle"],
+        description="dense = ours; random_step / step_text = the paper's ablations (no mistake identification / "
+                    "no skill analysis), both dense")
+    budgets: list[float] = Field(
+        default_factory=lambda: [0.01, 0.03, 0.06],
+        description="samples per run: a value < 1 is a fraction of the corpus, >= 1 a count")
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    rounds: int | None = Field(None, ge=1, le=10, description="rounds per arm; null = retrieval.rounds")
+    epochs: float = Field(
+        4.0, gt=0, description="passes over the budget: every arm trains ceil(epochs * budget / batch_size) "
+                               "steps at a budget, whatever it selected")
+    full_max_steps: int | None = Field(
+        None, ge=1, description="cap on the full arm's steps (one pass over the whole corpus); null = no cap")
+
+    @model_validator(mode="after")
+    def _budgets(self) -> CompareConfig:
+        bad = [b for b in self.budgets if b <= 0 or (b >= 1 and b != int(b))]
+        if bad or not self.budgets:
+            raise ValueError(f"budgets must be fractions in (0, 1) or whole counts >= 1; got {bad or 'none'}")
+        if len(set(self.arms)) != len(self.arms) or not self.arms:
+            raise ValueError(f"arms must be a non-empty list without repeats; got {self.arms}")
+        return self
 
 
 # --------------------------------------------------------------------------- ray
@@ -334,6 +381,7 @@ class RunConfig(_Section):
     training: TrainingConfig = TrainingConfig()
     search: SearchConfig = SearchConfig()
     eval: EvalConfig = EvalConfig()
+    compare: CompareConfig = CompareConfig()
     ray: RayConfig = RayConfig()
 
     def to_dict(self) -> dict[str, Any]:

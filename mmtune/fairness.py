@@ -52,6 +52,13 @@ class SelectionView:
     def pool_files(self) -> list[str]:
         return list(self._pool)
 
+    def val_files(self) -> list[str]:
+        return [f for ps in self._val.values() for f in ps]
+
+    def val_ids(self) -> list[str]:
+        """The targets' own validation samples: the oracle arm trains on them (an upper bound)."""
+        return [x for f in self.val_files() for x in pq.read_table(f, columns=["id"]).column("id").to_pylist()]
+
     def val_instructions(self) -> list[str]:
         return [q for ps in self._val.values() for f in ps
                 for q in pq.read_table(f, columns=["instruction"]).column("instruction").to_pylist()]

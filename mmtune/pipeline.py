@@ -169,7 +169,7 @@ class Pipeline:
         cfg, rc = self.cfg, self.cfg.retrieval
         corpus = self.data["corpus"]
         self.pool_files = corpus
-        if rc.method in ("random", "full"):
+        if rc.method in ("random", "full", "oracle"):
             return
         if self.needs_teacher():
             tcfg = _teacher_identity(cfg)
@@ -212,11 +212,45 @@ class Pipeline:
 
         def work() -> dict[str, Any]:
             return diagnose(cfg, self.student, {f"{t}/val": ps for t, ps in self.data["val"].items()},
-                            served, out, round_=r, adapter_dir=adapter, concurrency=4, progress=self.progress)
+                            served, out, round_=r, adapter_dir=adapter, locate=cfg.teacher.locate, concurrency=4,
+                            progress=self.progress)
 
-        return self.run.stage(f"diagnose_{r}", {"teacher": self.keys["teacher"], "eval": cfg.eval.model_dump(mode="json"),
-                                                "delta": cfg.teacher.delta, "patience": cfg.teacher.switch_patience},
-                              {"previous": prev_key}, work, lambda o: [o["path"]])
+        key = {"teacher": self.keys["teacher"], "delta": cfg.teacher.delta, "patience": cfg.teacher.switch_patience,
+               "locate": cfg.teacher.locate, "max_new_tokens": cfg.student.max_new_tokens, "seed": cfg.run.seed}
+        if adapter is None:  # the generic student's diagnosis is the same for every run and arm
+            work = self._shared("diagnosis", {**key, "student": self.keys["student"], "val": self.data["val"],
+                                              "val_sig": _sig([p for ps in self.data["val"].values() for p in ps])},
+                                out, work)
+        return self.run.stage(f"diagnose_{r}", key, {"previous": prev_key}, work, lambda o: [o["path"]])
+
+    def _shared(self, kind: str, key: dict[str, Any], out: Path, work: Callable[[], dict[str, Any]]):
+        """``work`` wrapped in a cache shared by every run (``<cache_dir>/<kind>/<key>``): the
+        generic student's diagnosis and evaluation are the same for every arm and seed of a
+        comparison, so they run once. A hit copies the cached directory into ``out``."""
+        import shutil
+
+        cache = Path(self.cfg.run.cache_dir).resolve() / kind / config_hash(key)
+
+        def cached() -> dict[str, Any]:
+            if (cache / "result.json").is_file():
+                if out.exists():
+                    shutil.rmtree(out)
+                shutil.copytree(cache / "out", out)
+                self.progress(f"[run] {kind}: reusing {cache}")
+                return json.loads((cache / "result.json").read_text().replace("{OUT}", str(out)))
+            result = work()
+            tmp = cache.with_name(cache.name + ".tmp")
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            shutil.copytree(out, tmp / "out")
+            (tmp / "result.json").write_text(json.dumps(result, default=str).replace(str(out), "{OUT}"))
+            if not cache.exists():
+                tmp.rename(cache)
+            else:
+                shutil.rmtree(tmp)
+            return result
+
+        return cached
 
     def budget(self, r: int) -> int:
         rc = self.cfg.retrieval
@@ -237,6 +271,8 @@ class Pipeline:
         def work() -> dict[str, Any]:
             if rc.method == "random":
                 s = sel.select_random(view.pool_ids(), budget, seed=cfg.run.seed + r, round=r, exclude_ids=taken)
+            elif rc.method == "oracle":
+                s = sel.select_random(view.val_ids(), budget, seed=cfg.run.seed + r, round=r, exclude_ids=taken)
             elif rc.method == "full":
                 s = sel.select_full(view.pool_ids(), round=r, exclude_ids=taken)
             else:
@@ -248,10 +284,9 @@ class Pipeline:
                     s = sel.select_instruction_similarity(view.val_instructions(), budget, vindex, embed_fn=TextEmbedder(rc.embedder),
                                                           round=r, exclude_ids=taken)
                 else:
-                    rows = [d for d in view.diagnosis_rows() if d["status"] == "ok" and d["missing_skill"]]
-                    qs = [d["missing_skill"] for d in rows]
+                    qs = queries(view.diagnosis_rows(), rc.query)
                     if not qs:
-                        raise ValueError(f"round {r}: no diagnosed errors with a skill to retrieve for "
+                        raise ValueError(f"round {r}: no diagnosed errors with a {rc.query} to retrieve for "
                                          f"({diag['status']}); see {diag['path']}")
                     if rc.method == "bm25":
                         if bm25 is None:
@@ -266,6 +301,12 @@ class Pipeline:
         return self.run.stage(f"select_{r}", {"retrieval": rc.model_dump(mode="json"), "budget": budget},
                               inputs, work, lambda o: [o["path"]])
 
+    def train_files(self) -> list[str]:
+        """Where the selected ids live: the pool, or for the oracle the targets' val splits."""
+        if self.cfg.retrieval.method == "oracle":
+            return [p for ps in self.data["val"].values() for p in ps]
+        return self.pool_files
+
     def train(self, r: int, ids: list[str], inputs: dict[str, str]) -> tuple[str, dict[str, Any]]:
         from mmtune.training.job import run_train_job
 
@@ -273,7 +314,7 @@ class Pipeline:
         data = self.root / f"round_{r}" / "train_data.parquet"
 
         def work() -> dict[str, Any]:
-            _materialise(self.pool_files, ids, data)
+            _materialise(self.train_files(), ids, data)
             o = run_train_job(cfg, [str(data)], student=self.student, name=f"round_{r}/train", progress=self.progress)
             return {"adapter": o.adapter_dir, "steps": o.steps, "samples": o.samples, "seconds": o.seconds,
                     "loss": o.metrics.get("loss"), "run_dir": o.run_dir}
@@ -290,17 +331,20 @@ class Pipeline:
         cfg = self.cfg
         out = self.root / f"round_{r}" / "eval"
         splits: dict[str, list[str]] = {f"{t}/test": ps for t, ps in self.data["test"].items()}
-        if self.data.get("generic_eval"):
+        if self.data.get("generic_eval") and cfg.eval.forgetting:
             splits["corpus-tasks"] = self.data["generic_eval"]  # forgetting check
 
         def work() -> dict[str, Any]:
             scores = evaluate_splits(cfg, self.student, splits, adapter_dir=adapter, out_dir=out,
-                                     progress=self.progress)
+                                     progress=self.progress, max_per_task=cfg.eval.max_items_per_task)
             return {"scores": [asdict(s) for s in scores], "path": str(out / "scores.json")}
 
-        return self.run.stage(f"evaluate_{r}", {"eval": cfg.eval.model_dump(mode="json"),
-                                                "max_new_tokens": cfg.student.max_new_tokens},
-                              inputs, work, lambda o: [o["path"]])
+        key = {"max_per_task": cfg.eval.max_items_per_task, "forgetting": cfg.eval.forgetting,
+               "max_new_tokens": cfg.student.max_new_tokens}
+        if adapter is None:  # the generic student's scores are the same for every run and arm
+            work = self._shared("evaluation", {**key, "student": self.keys["student"], "splits": splits,
+                                               "sig": _sig([p for ps in splits.values() for p in ps])}, out, work)
+        return self.run.stage(f"evaluate_{r}", key, inputs, work, lambda o: [o["path"]])
 
     # ---------------------------------------------------------------- the loop
     def run_all(self) -> dict[str, Any]:
@@ -332,6 +376,23 @@ class Pipeline:
         (self.root / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         self.progress("\n" + summary_table(summary))
         return summary
+
+
+def queries(diagnosis: list[dict[str, Any]], query: str) -> list[str]:
+    """What dense/bm25 retrieve with, one per diagnosed error: the missing-skill phrase, or
+    (the 'no skill analysis' ablation) the text of the step the teacher located."""
+    out = []
+    for d in diagnosis:
+        if d["status"] != "ok":
+            continue
+        if query == "skill":
+            if d["missing_skill"]:
+                out.append(d["missing_skill"])
+        else:
+            k, steps = d.get("mistake_step"), d.get("student_steps") or []
+            if k and 1 <= k <= len(steps) and steps[k - 1].strip():
+                out.append(steps[k - 1])
+    return out
 
 
 def summary_table(summary: dict[str, Any]) -> str:

@@ -68,3 +68,36 @@ def test_resume_skips_finished_stages_and_redoes_interrupted_ones(random_run):
     skipped = [m for m in logs if "unchanged, skipped" in m]
     assert len(skipped) == 8 and any(m == "[run] evaluate_2: running" for m in logs)
     assert again["rounds"][2]["scores"] == summary["rounds"][2]["scores"]  # deterministic
+
+
+def test_compare_end_to_end(random_run):
+    """2 arms × 1 seed at a tiny budget, on the loop test's cached data and student."""
+    import pyarrow.parquet as pq
+
+    from mmtune.compare import run_compare
+
+    cache = Path(random_run[1]["run_dir"]).parent / "_cache"
+    out = cache.parent.parent / "cmp-runs"
+    cfg = load_config(None, [*LOOP, f"run.cache_dir={cache}", f"run.out_dir={out}", "run.name=cmp",
+                             "compare.arms=[oracle,random]", "compare.budgets=[8]", "compare.seeds=[0]",
+                             "compare.epochs=1", "compare.rounds=1", "training.batch_size=4",
+                             "eval.max_items_per_task=4"])
+    logs: list[str] = []
+    result = run_compare(cfg, progress=logs.append)
+    assert [(c["arm"], c["budget"], c["seed"], c["steps"]) for c in result["cells"]] == [
+        ("oracle", 8, 0, 2), ("random", 8, 0, 2)]
+    saved = json.loads((out / "cmp" / "compare.json").read_text())
+    assert saved["cells"] == result["cells"] and saved["baseline"]["scores"]
+    for c in result["cells"]:
+        targets = [s for s in c["scores"] if s["split"] != "corpus-tasks"]
+        assert targets and all(s["n"] == 4 for s in targets)  # eval.max_items_per_task
+        assert any(s["split"] == "corpus-tasks" for s in c["scores"])
+    oracle_train = out / "cmp" / "oracle-b8-s0" / "round_1" / "train_data.parquet"
+    ids = pq.read_table(oracle_train, columns=["id"]).column("id").to_pylist()
+    assert len(ids) == 8 and all("-val-" in i for i in ids)  # the targets' val samples
+    assert any("evaluation: reusing" in m for m in logs)  # the generic student was scored once
+    assert "| oracle (target val) |" in (out / "cmp" / "compare.md").read_text()
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_compare(cfg, progress=logs.append)
+    again = run_compare(cfg, resume=True, progress=logs.append)
+    assert [c["scores"] for c in again["cells"]] == [c["scores"] for c in result["cells"]]

@@ -84,7 +84,9 @@ class Predictor:
         preds = [extract_answer(t) for t in texts]
         opts = [_options(o) for o in batch["options"]]
         correct = [answers_match(p, g, o) for p, g, o in zip(preds, batch["answer"], opts)]
+        out = {"split": batch["split"]} if "split" in batch else {}
         return {
+            **out,
             "id": batch["id"],
             "task": batch["task"],
             "answer": batch["answer"],
@@ -148,50 +150,94 @@ def _actor_plan(cfg: RunConfig) -> tuple[int, float, int]:
     return n, 0.0, max(1, cpus // n)
 
 
+def _split_dataset(split: str, paths: Sequence[str], max_per_task: int | None, block_rows: int):
+    """One split as a Ray Data dataset with a ``split`` column. With ``max_per_task`` it is
+    the first ``max_per_task`` items of each task (a fixed subset: every round and arm is
+    scored on the same items), read in bounded chunks and cut into blocks so an actor pool
+    still shares it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    if max_per_task is None:
+        return (ray.data.read_parquet([str(p) for p in paths]).select_columns(EVAL_COLUMNS)
+                .add_column("split", lambda t: pa.array([split] * t.num_rows, pa.string()), batch_format="pyarrow"))
+    kept: dict[str, int] = {}
+    parts = []
+    for path in paths:
+        for rb in pq.ParquetFile(str(path)).iter_batches(batch_size=1024, columns=EVAL_COLUMNS):
+            tasks = rb.column("task").to_pylist()
+            take = []
+            for i, t in enumerate(tasks):
+                if kept.get(t, 0) < max_per_task:
+                    kept[t] = kept.get(t, 0) + 1
+                    take.append(i)
+            if take:
+                parts.append(pa.Table.from_batches([rb]).take(pa.array(take)))
+    if not parts:
+        raise ValueError(f"split {split!r} has no rows ({list(paths)[:2]})")
+    table = pa.concat_tables(parts)
+    table = table.append_column("split", pa.array([split] * table.num_rows, pa.string()))
+    return ray.data.from_arrow([table.slice(i, block_rows) for i in range(0, table.num_rows, block_rows)])
+
+
 def evaluate_splits(cfg: RunConfig, student_dir: str | Path, splits: dict[str, Sequence[str]],
                     adapter_dir: str | Path | None = None, out_dir: str | Path | None = None,
-                    progress=print) -> list[TaskScore]:
+                    progress=print, max_per_task: int | None = None) -> list[TaskScore]:
     """Score the student on each named split (parquet paths) with Ray Data batch inference.
 
-    Ray must already be initialised (the entry point does it once). Predictions are
-    written to ``out_dir/predictions_<split>.parquet`` when ``out_dir`` is given.
+    All splits stream through one actor pool (the student loads once per actor, not once
+    per split). ``max_per_task`` scores a fixed subset (the first items of each task). Ray must already be
+    initialised (the entry point does it once). Predictions are written to
+    ``out_dir/predictions_<split>.parquet`` when ``out_dir`` is given.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
     import ray
 
     n_actors, gpus, threads = _actor_plan(cfg)
+    t0 = time.time()
+    parts = [_split_dataset(split, paths, max_per_task, cfg.eval.batch_size)
+             for split, paths in splits.items()]
+    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    preds = ds.map_batches(
+        Predictor,
+        fn_constructor_kwargs=dict(
+            student_dir=str(student_dir), student_cfg=cfg.student.model_dump(mode="json"),
+            adapter_dir=str(adapter_dir) if adapter_dir else None,
+            max_new_tokens=cfg.student.max_new_tokens, threads=threads),
+        batch_size=cfg.eval.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=n_actors),
+        num_gpus=gpus or None,
+        num_cpus=1,
+    )
+    by_split: dict[str, list[dict[str, Any]]] = {split: [] for split in splits}
+    last = time.time()
+    done = 0
+    for batch in preds.iter_batches(batch_size=None, batch_format="numpy"):
+        keys = [k for k in batch if k != "split"]
+        for sp, vals in zip(batch["split"], zip(*(batch[k] for k in keys))):
+            by_split[str(sp)].append(dict(zip(keys, vals)))
+        done += len(batch["split"])
+        if time.time() - last > 10:
+            progress(f"[evaluate] {done} items scored ({done / (time.time() - t0):.1f} items/s)")
+            last = time.time()
     scores: list[TaskScore] = []
-    for split, paths in splits.items():
-        t0 = time.time()
-        ds = ray.data.read_parquet([str(p) for p in paths]).select_columns(EVAL_COLUMNS)
-        preds = ds.map_batches(
-            Predictor,
-            fn_constructor_kwargs=dict(
-                student_dir=str(student_dir), student_cfg=cfg.student.model_dump(mode="json"),
-                adapter_dir=str(adapter_dir) if adapter_dir else None,
-                max_new_tokens=cfg.student.max_new_tokens, threads=threads),
-            batch_size=cfg.eval.batch_size,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=n_actors),
-            num_gpus=gpus or None,
-            num_cpus=1,
-        )
-        rows = []
-        for batch in preds.iter_batches(batch_size=None, batch_format="numpy"):
-            keys = list(batch)
-            rows.extend(dict(zip(keys, vals)) for vals in zip(*(batch[k] for k in keys)))
-        split_scores = score_rows(split, rows)
-        scores.extend(split_scores)
-        dt = time.time() - t0
-        progress(f"[evaluate] {split}: {len(rows)} items in {dt:.1f}s "
-                 f"({len(rows) / max(dt, 1e-9):.1f} items/s, {n_actors} actor(s))")
+    for split, rows in by_split.items():
+        if not rows:
+            raise ValueError(f"split {split!r} produced no predictions; is it empty? ({list(splits[split])[:2]})")
+        rows.sort(key=lambda r: str(r["id"]))  # deterministic files whatever order actors finished in
+        scores.extend(score_rows(split, rows))
         if out_dir is not None:
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)
             table = pa.Table.from_pylist([{k: (v.item() if hasattr(v, "item") else v)
                                            for k, v in r.items()} for r in rows])
             pq.write_table(table, out / f"predictions_{safe_name(split)}.parquet")
+    dt = time.time() - t0
+    progress(f"[evaluate] {done} items over {len(splits)} split(s) in {dt:.1f}s "
+             f"({done / max(dt, 1e-9):.1f} items/s, {n_actors} actor(s))")
     if out_dir is not None:
         (Path(out_dir) / "scores.json").write_text(json.dumps([asdict(s) for s in scores], indent=2))
     return scores
