@@ -206,6 +206,14 @@ def _interleave(groups: dict[str, list[dict[str, Any]]], n: int) -> list[dict[st
 def _examples(rows: list[dict[str, Any]], r: int, n: int = N_EXAMPLES) -> list[dict[str, Any]]:
     """Up to ``n`` diagnosed items: round-robin over the tasks, and within a task over the skills."""
     ok = [x for x in rows if x.get("status") == "ok"] or rows
+    seen: set[tuple[str, str, str]] = set()
+    distinct = []
+    for x in ok:  # one of each (question, steps, skill): near-duplicates say nothing new
+        key = (str(x.get("question")), repr(x.get("student_steps")), str(x.get("missing_skill")))
+        if key not in seen:
+            seen.add(key)
+            distinct.append(x)
+    ok = distinct
     by_task: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for x in ok:
         by_task.setdefault(str(x.get("task")), {}).setdefault(str(x.get("missing_skill")), []).append(x)

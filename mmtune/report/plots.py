@@ -197,8 +197,7 @@ def skill_bars(by_round: dict[int, dict[str, int]], xlabel: str, dpi: int = DPI)
         ax.set_xlabel(xlabel)
         ax.tick_params(axis="y", length=0)
         ax.spines["left"].set_visible(False)
-        if n_r > 1:
-            ax.legend(loc="best")
+        ax.legend(loc="best")
         return to_png(fig, dpi)
 
 

@@ -14,6 +14,7 @@ import base64
 import html
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,7 @@ def esc_html(s: Any) -> str:
     return html.escape("" if s is None else str(s), quote=True).replace("\n", "<br>")
 
 
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]|])")
+_MD_SPECIAL = re.compile(r"([\\`*\[\]|]|(?<!\w)_|_(?!\w))")  # an intra-word _ is literal in GFM
 
 
 def esc_md(s: Any) -> str:
@@ -301,6 +302,16 @@ def _stages_table(run: dict[str, Any]) -> Table | None:
                  numeric=[False, False, True, True, False], row_cls=cls)
 
 
+def _draw(notes: list[str], what: str, fn: Callable[..., bytes | None], *args: Any) -> bytes | None:
+    """A figure, or None and a note: the report is written at the end of long runs, so one
+    figure the data cannot make must not cost the whole report."""
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001
+        notes.append(f"The {what} figure could not be drawn ({type(exc).__name__}: {exc}).")
+        return None
+
+
 def run_blocks(run: dict[str, Any], dpi: int, level: int = 2, prefix: str = "") -> list[Block]:
     """The sections of a pipeline run's report (``level`` 3 when nested in a comparison)."""
     out: list[Block] = []
@@ -318,7 +329,7 @@ def run_blocks(run: dict[str, Any], dpi: int, level: int = 2, prefix: str = "") 
     t = _accuracy_table(run)
     if t:
         out.append(t)
-    png = plots.accuracy_rounds(run, dpi)
+    png = _draw(run["notes"], "accuracy per round", plots.accuracy_rounds, run, dpi)
     if png:
         out.append(Figure("Accuracy per round. (a) Each target task's test accuracy (solid) and its "
                           "majority-answer baseline (dashed, same colour); black: the mean over the targets. "
@@ -333,7 +344,8 @@ def run_blocks(run: dict[str, Any], dpi: int, level: int = 2, prefix: str = "") 
 
     heading("Diagnosis")
     missing = {r["round"]: r["missing_skills"] for r in run["rounds"] if r.get("missing_skills")}
-    png = plots.skill_bars(missing, "wrong answers attributed to the skill", dpi)
+    png = _draw(run["notes"], "missing skills", plots.skill_bars, missing, "wrong answers attributed to the skill",
+                dpi)
     if png:
         out.append(Figure("Missing skills the teacher named for the student's wrong validation answers, per "
                           "round (counts of wrong answers).", png, "missing-skills", width_in=6.2))
@@ -345,7 +357,8 @@ def run_blocks(run: dict[str, Any], dpi: int, level: int = 2, prefix: str = "") 
 
     heading("Retrieved data")
     retrieved = {r["round"]: r["retrieved_skills"] for r in run["rounds"] if r.get("retrieved_skills")}
-    png = plots.skill_bars(retrieved, "retrieved samples with the skill", dpi)
+    png = _draw(run["notes"], "retrieved skills", plots.skill_bars, retrieved, "retrieved samples with the skill",
+                dpi)
     if png:
         out.append(Figure("Skills of the samples retrieved in each round (the teacher's annotation of each "
                           "corpus sample; a sample can carry several skills).", png, "retrieved-skills",
@@ -354,7 +367,7 @@ def run_blocks(run: dict[str, Any], dpi: int, level: int = 2, prefix: str = "") 
         out.append(Para("No retrieved samples to show.", "muted"))
 
     heading("Training")
-    png = plots.training(run, dpi)
+    png = _draw(run["notes"], "training", plots.training, run, dpi)
     if png:
         mode = _cfg(run, "training", "coordination", "mode")
         out.append(Figure("Training of each round (from the generic student, on the data of rounds 1..r)"
@@ -375,9 +388,8 @@ def build_run(run: dict[str, Any], dpi: int = plots.DPI) -> tuple[str, str, list
     title = f"Run report: {run['name']}"
     blocks: list[Block] = [Para(_run_meta(run), "meta"), Para(f"Run directory: {run['run_dir']}", "meta")]
     blocks += run_blocks(run, dpi)
-    if run["notes"]:
-        blocks.append(Heading("Notes"))
-        blocks.append(Notes(list(run["notes"])))
+    if run["notes"]:  # first, so a reader sees what is missing before reading the rest
+        blocks[2:2] = [Heading("Notes: missing or unreadable pieces"), Notes(list(run["notes"]))]
     return title, run["name"], blocks
 
 
@@ -523,7 +535,7 @@ def build_compare(cmp: dict[str, Any], dpi: int = plots.DPI) -> tuple[str, str, 
                           "best arm at each budget (the oracle excluded). Reference rows: the majority answer and "
                           "the generic student before tuning.", targets_mean(cmp["baseline"], targets), maj_mean)
     blocks.append(t if t else Para("No results in compare.json.", "muted"))
-    png = plots.accuracy_vs_budget(cmp, dpi)
+    png = _draw(cmp["notes"], "accuracy vs budget", plots.accuracy_vs_budget, cmp, dpi)
     if png:
         blocks.append(Figure(f"Test accuracy against the data budget, one panel per target task (and their mean): "
                              f"mean ± sd {over} per arm (points dodged sideways so the error bars do not "
@@ -541,7 +553,7 @@ def build_compare(cmp: dict[str, Any], dpi: int = plots.DPI) -> tuple[str, str, 
                           cmp.get("corpus_majority"))
     if t:
         blocks.append(t)
-    png = plots.forgetting_vs_budget(cmp, dpi)
+    png = _draw(cmp["notes"], "forgetting", plots.forgetting_vs_budget, cmp, dpi)
     if png:
         blocks.append(Figure(f"Macro-mean accuracy on the corpus tasks against the data budget (mean ± sd {over}): "
                              "tuning for the targets should not lower it below the generic student (dotted).",
@@ -563,8 +575,8 @@ def build_compare(cmp: dict[str, Any], dpi: int = plots.DPI) -> tuple[str, str, 
     blocks.append(t if t else Para("No runs.", "muted"))
     notes = list(cmp["notes"]) + [f"(detail run) {n}" for n in (d or {}).get("notes", [])]
     if notes:
-        blocks.append(Heading("Notes"))
-        blocks.append(Notes(notes))
+        at = 3 if targets else 2
+        blocks[at:at] = [Heading("Notes: missing or unreadable pieces"), Notes(notes)]
     return title, cmp["name"], blocks
 
 
@@ -595,9 +607,9 @@ caption { caption-side: top; text-align: left; font-size: .95em; padding: 0 0 .4
 th { font-weight: 600; text-align: left; padding: 5px 9px 4px; border-bottom: 1px solid var(--rule);
   vertical-align: bottom; }
 td { padding: 3px 9px; vertical-align: top; }
-td:first-child { white-space: nowrap; }
-table.wide td:first-child { white-space: normal; }
-th.num, td.num { text-align: right; white-space: nowrap; }
+
+th.num, td.num { text-align: right; }
+td.num { white-space: nowrap; }
 tr.ref td { color: var(--muted); font-style: italic; }
 tr.sep td { border-top: 1px solid var(--light); }
 tr.oracle td { color: var(--muted); }

@@ -109,6 +109,18 @@ def test_missing_pieces_become_notes(tmp_path):
     assert html.count("data:image/png;base64,") >= 3
 
 
+def test_a_figure_that_fails_is_a_note(tmp_path, monkeypatch):
+    from mmtune.report import plots
+
+    def boom(*a, **k):
+        raise ValueError("no can do")
+
+    monkeypatch.setattr(plots, "training", boom)
+    paths, html, _, _ = _report(build_run_dir(tmp_path / "run", rounds=1))
+    assert "The training figure could not be drawn (ValueError: no can do)" in html
+    assert len(paths.figures) == 3
+
+
 def test_bare_and_broken_directories(tmp_path):
     # only a manifest with a failed stage: timings and the error, no crash
     run = tmp_path / "failed"
