@@ -88,6 +88,7 @@ def cell_config(cfg: RunConfig, arm: str, budget: int, seed: int, n_corpus: int)
     c.run.out_dir = str(Path(cfg.run.out_dir) / cfg.run.name)  # cells live inside the comparison's directory
     c.run.name = cell_name(arm, budget, seed)
     c.run.seed = seed
+    c.run.build_seed = cfg.run.shared_seed  # one generic student, teacher and index for every cell
     c.retrieval.rounds = 1 if arm in ("full", "oracle") else (cfg.compare.rounds or cfg.retrieval.rounds)
     c.retrieval.budget = budget
     steps = steps_for(cfg, n_corpus if arm == "full" else budget)

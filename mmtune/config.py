@@ -38,7 +38,14 @@ class RunSettings(_Section):
     out_dir: str = Field("runs", description="parent directory of run directories")
     cache_dir: str = Field("runs/_cache", description="content-addressed cache (datasets, students)")
     seed: int = Field(0, ge=0)
+    build_seed: int | None = Field(
+        None, ge=0, description="seed of what is built once and shared (the generic student, the built-in teacher, "
+                                "the index); null = seed. mmtune compare pins it, so its seeds vary only the runs")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @property
+    def shared_seed(self) -> int:
+        return self.seed if self.build_seed is None else self.build_seed
 
 
 # --------------------------------------------------------------------------- data

@@ -45,7 +45,9 @@ Progress = Callable[[str], None]
 
 # Teacher settings that change no output (throughput, placement, transport) stay out of
 # stage keys, so that tuning them never re-annotates a corpus.
-_TEACHER_OPERATIONAL = {"serve", "autoscaling", "host", "port", "batch_size", "device", "timeout_s", "max_retries"}
+# ``locate`` changes only the diagnosis, whose own key names it.
+_TEACHER_OPERATIONAL = {"serve", "autoscaling", "host", "port", "batch_size", "device", "timeout_s", "max_retries",
+                        "locate"}
 
 
 def _teacher_identity(cfg: RunConfig) -> dict[str, Any]:

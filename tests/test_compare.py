@@ -34,6 +34,11 @@ def test_every_arm_trains_the_same_steps_at_a_budget():
     assert full.training.max_steps == 500 and full.retrieval.method == "full" and full.retrieval.rounds == 1
     abl = cell_config(cfg, "random_step", budgets[0], 1, n)
     assert (abl.retrieval.method, abl.teacher.locate, abl.run.seed) == ("dense", "random", 1)
+    from mmtune.teacher.builtin import teacher_key
+    from mmtune.training.pretrain import student_key
+
+    assert abl.run.shared_seed == cfg.run.seed  # the seeds vary the runs, never the student or teacher
+    assert student_key(abl) == student_key(cfg) and teacher_key(abl) == teacher_key(cfg)
     st = cell_config(cfg, "step_text", budgets[0], 0, n)
     assert (st.retrieval.method, st.retrieval.query, st.teacher.locate) == ("dense", "step_text", "switch")
     assert cell_config(cfg, "oracle", budgets[0], 0, n).retrieval.method == "oracle"

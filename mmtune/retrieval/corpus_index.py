@@ -44,7 +44,7 @@ def build_corpus_index(cfg: RunConfig, files: Sequence[str], out_dir: str | Path
     t0 = time.time()
     ids, vecs = read_embeddings(out)
     meta = {"embedder": rc.embedder, "text": rc.text, "config_hash": key}
-    vindex = VectorIndex.build(vecs, ids, rc.index_type, metadata=meta, seed=cfg.run.seed)
+    vindex = VectorIndex.build(vecs, ids, rc.index_type, metadata=meta, seed=cfg.run.shared_seed)
     vindex.save(out / "vector")
     state: dict[str, Any] = {"key": key, "count": len(vindex), "dim": vindex.dim, "index_type": vindex.index_type,
                              "device": vindex.device, "vector_dir": str(out / "vector"), "bm25_dir": None,

@@ -47,7 +47,7 @@ def teacher_key(cfg: RunConfig) -> str:
                         "skillworld_seed": cfg.data.skillworld.seed, "generator": GENERATOR_VERSION,
                         "hint": cfg.teacher.hint_probability, "prompts": cfg.teacher.prompt_version,
                         "score_candidates": cfg.teacher.score_candidates,
-                        "seed": cfg.run.seed})
+                        "seed": cfg.run.shared_seed})
 
 
 def teacher_dir(cfg: RunConfig) -> Path:
@@ -175,10 +175,10 @@ def train_builtin_teacher(cfg: RunConfig, out_dir: Path, progress: Callable[[str
     b = cfg.teacher.builtin
     if b.threads:
         torch.set_num_threads(b.threads)
-    torch.manual_seed(cfg.run.seed)
+    torch.manual_seed(cfg.run.shared_seed)
     t0 = time.time()
     items = _teacher_items(cfg)
-    examples = build_examples(cfg, items, b.steps * b.batch_size, seed=cfg.run.seed)
+    examples = build_examples(cfg, items, b.steps * b.batch_size, seed=cfg.run.shared_seed)
     model, tok = build_model(cfg, [p + t for p, t in examples[:20000]])
     n_params = sum(p.numel() for p in model.parameters())
     progress(f"[teacher] training the built-in teacher ({n_params / 1e6:.2f}M params, Llama) on "

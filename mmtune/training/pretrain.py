@@ -33,7 +33,7 @@ def student_key(cfg: RunConfig) -> str:
         "data": skillworld_key(cfg),
         "preset": cfg.student.preset.model_dump(mode="json"),
         "pretrain": cfg.student.pretrain.model_dump(mode="json", exclude={"log_every", "threads"}),
-        "seed": cfg.run.seed,
+        "seed": cfg.run.shared_seed,
     })
 
 
@@ -79,7 +79,7 @@ def pretrain_student(cfg: RunConfig, paths: DataPaths, out_dir: Path, progress=p
     pc = cfg.student.pretrain
     if pc.threads:
         torch.set_num_threads(pc.threads)
-    torch.manual_seed(cfg.run.seed)
+    torch.manual_seed(cfg.run.shared_seed)
     if not paths.generic_train:
         raise ValueError(f"no generic training shards under {paths.root}; regenerate SkillWorld")
     train = _read_texts(paths.generic_train, ["instruction", "response", "image"])
@@ -99,7 +99,7 @@ def pretrain_student(cfg: RunConfig, paths: DataPaths, out_dir: Path, progress=p
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": pc.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=pc.lr)
     sched = get_cosine_schedule_with_warmup(opt, math.ceil(pc.warmup_ratio * pc.steps), pc.steps)
-    gen = torch.Generator().manual_seed(cfg.run.seed)
+    gen = torch.Generator().manual_seed(cfg.run.shared_seed)
     order = torch.randperm(n, generator=gen).tolist()
     cursor = 0
     t0 = time.time()
