@@ -114,19 +114,40 @@ def fmt_loss(x: Any) -> str:
     return "–" if v is None else f"{v:.4f}"
 
 
+MAX_STEPS = 10  # steps shown per example (the mistake always among them)
+MAX_CHARS = 300  # characters per question or step; model output can run long
+
+
+def clip(s: Any, n: int = MAX_CHARS) -> str:
+    t = "" if s is None else str(s)
+    return t if len(t) <= n else t[: n - 1].rstrip() + "…"
+
+
 def _steps_cell(steps: list[str], mistake: Any) -> Rich:
     k = num(mistake)
     k = int(k) if k is not None else None
     if not steps:
         return Rich('<span class="muted">(no steps)</span>', "(no steps)")
+    show = list(range(1, min(len(steps), MAX_STEPS) + 1))
+    if k is not None and k <= len(steps) and k not in show:
+        show = show[:-1] + [k]
     items_h, items_m = [], []
-    for i, s in enumerate(steps, 1):
+    prev = 0
+    for i in show:
+        if i > prev + 1:
+            items_h.append(f'<li class="muted" style="list-style:none">… {i - prev - 1} step(s)</li>')
+            items_m.append(f"… {i - prev - 1} step(s)")
+        s = clip(steps[i - 1])
         if i == k:
-            items_h.append(f'<li class="mistake">{esc_html(s)} <span class="tag">mistake</span></li>')
+            items_h.append(f'<li value="{i}" class="mistake">{esc_html(s)} <span class="tag">mistake</span></li>')
             items_m.append(f"{i}. **{esc_md(s)}** ← mistake")
         else:
-            items_h.append(f"<li>{esc_html(s)}</li>")
+            items_h.append(f'<li value="{i}">{esc_html(s)}</li>')
             items_m.append(f"{i}. {esc_md(s)}")
+        prev = i
+    if prev < len(steps):
+        items_h.append(f'<li class="muted" style="list-style:none">… {len(steps) - prev} more step(s)</li>')
+        items_m.append(f"… {len(steps) - prev} more step(s)")
     if k is not None and k > len(steps):
         items_h.append(f'<li class="mistake muted">(no step {k}) <span class="tag">mistake</span></li>')
         items_m.append(f"{k}. (no such step) ← mistake")
@@ -262,13 +283,14 @@ def _examples_table(run: dict[str, Any]) -> Table | None:
         return None
     rows = []
     for e in ex:
-        rows.append([e.get("task"), Rich(esc_html(e.get("question")), esc_md(e.get("question"))),
+        q = clip(e.get("question"))
+        ans = clip("–" if e.get("student_answer") is None else e.get("student_answer"), 120)
+        gold = clip(e.get("gold"), 120)
+        rows.append([e.get("task"), Rich(esc_html(q), esc_md(q)),
                      _steps_cell(e.get("steps") or [], e.get("mistake_step")),
-                     Rich(f"{esc_html(e.get('student_answer') if e.get('student_answer') is not None else '–')}"
-                          f' <span class="muted">/ {esc_html(e.get("gold"))}</span>',
-                          f"{esc_md(e.get('student_answer') if e.get('student_answer') is not None else '–')}"
-                          f" / {esc_md(e.get('gold'))}"),
-                     e.get("missing_skill") or "–"])
+                     Rich(f'{esc_html(ans)} <span class="muted">/ {esc_html(gold)}</span>',
+                          f"{esc_md(ans)} / {esc_md(gold)}"),
+                     clip(e.get("missing_skill") or "–", 160)])
     r = ex[0].get("round")
     return Table(f"Diagnosis examples (round {r}): the question, the student's steps with the step the teacher "
                  f"located as the first mistake, the student's answer / the gold answer, and the missing skill "

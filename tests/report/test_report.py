@@ -156,3 +156,13 @@ def test_import_is_light():
             "print('matplotlib' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_long_model_output_is_clipped():
+    from mmtune.report.render import MAX_CHARS, _steps_cell
+
+    steps = [f"step {i} " + "x" * 1000 for i in range(1, 31)]
+    cell = _steps_cell(steps, 25)
+    assert '<li value="25" class="mistake">step 25 ' in cell.html and "… 5 more step(s)" in cell.html
+    assert "… 15 step(s)" in cell.md and "25. **step 25" in cell.md
+    assert max(len(x) for x in cell.md.split("<br>")) < MAX_CHARS + 30
