@@ -70,6 +70,8 @@ def import_dataset(
     progress: Callable[[str], None] | None = print,
     progress_every: int = 10_000,
     overwrite: bool = False,
+    task: str | None = None,
+    gold_answers: bool = False,
 ) -> ImportReport:
     """Import ``src`` (file, directory or glob; see :func:`mmtune.data.readers.iter_samples`).
 
@@ -77,6 +79,12 @@ def import_dataset(
     (always, possibly empty) and ``<out_dir>/import_report.json``. Duplicate ids within the
     import are quarantined after the first (only the ids are kept in memory). ``progress``
     gets a line every ``progress_every`` samples; ``overwrite`` replaces earlier shards.
+
+    ``task`` fills the task of samples whose source names none (a target's name).
+    ``gold_answers`` is for evaluation data, where every item needs a gold answer: a sample
+    whose response has no ``Answer: X`` line takes its response as the answer when that is
+    one line (short-answer data such as "B" or "Yes"), and is quarantined otherwise
+    (reason ``no answer``).
     """
     if out_dir is None:
         raise TypeError("import_dataset needs out_dir: the directory for the parquet shards")
@@ -94,7 +102,9 @@ def import_dataset(
     with ShardWriter(out, shard_rows=shard_rows, overwrite=overwrite) as shards, \
             QuarantineWriter(report.quarantine_path, row_group_rows=chunk_rows) as q:
         for result in results:
-            reason = _check(result, seen, max_text_chars)
+            if result.sample is not None:
+                _fill(result.sample, task, gold_answers)
+            reason = _check(result, seen, max_text_chars, gold_answers)
             if result.quarantine is not None:
                 quarantine(q, result.quarantine)
             elif reason:
@@ -114,13 +124,28 @@ def import_dataset(
     return report
 
 
-def _check(result: ReadResult, seen: set[str], max_text_chars: int) -> str | None:
+def _fill(sample: dict, task: str | None, gold_answers: bool) -> None:
+    """Defaults for a target file's samples: its task name, and a one-line response as the
+    gold answer when there is no ``Answer:`` line (see :func:`import_dataset`)."""
+    if task and not sample.get("task"):
+        sample["task"] = task
+    response = sample.get("response")
+    if gold_answers and not sample.get("answer") and isinstance(response, str):
+        lines = [ln.strip() for ln in response.splitlines() if ln.strip()]
+        if len(lines) == 1:
+            sample["answer"], sample["steps"] = lines[0], []
+
+
+def _check(result: ReadResult, seen: set[str], max_text_chars: int, gold_answers: bool = False) -> str | None:
     """The reason to quarantine a reader's sample, or None; records written ids in ``seen``."""
     if result.sample is None:
         return None
     reason = validate_sample(result.sample, max_text_chars=max_text_chars)
     if reason:
         return reason
+    if gold_answers and isinstance(result.sample.get("answer"), str) and not result.sample["answer"].strip():
+        return ("no answer: an evaluation item needs a gold answer; end its response with a line "
+                "'Answer: X' (or give a one-line response)")
     sid = result.sample["id"]
     if sid in seen:
         return f"duplicate id: {sid!r} was already imported"

@@ -35,9 +35,22 @@ def prompt_text(processor: Any, instruction: str, has_image: bool) -> str:
 
 
 def full_text(processor: Any, instruction: str, response: str, has_image: bool) -> str:
+    """The whole conversation, ending in the tokenizer's EOS token.
+
+    Some templates close the assistant's turn with EOS (the tiny preset) or with an
+    end-of-turn token that is EOS (Qwen2-VL-Instruct's ``<|im_end|>``); llava-hf's LLaVA-1.5
+    template ends the turn with a space and no ``</s>``. Trained on that, a student never
+    learns to stop and decodes until ``max_new_tokens``. So EOS is appended when the
+    rendered conversation does not already end with it (LLaVA's own training appends
+    ``</s>`` after every reply).
+    """
     msgs = [user_message(instruction, has_image),
             {"role": "assistant", "content": [{"type": "text", "text": response}]}]
-    return processor.apply_chat_template(msgs, tokenize=False)
+    text = processor.apply_chat_template(msgs, tokenize=False)
+    eos = getattr(_tokenizer(processor), "eos_token", None)
+    if eos and not text.rstrip().endswith(eos):
+        text += eos
+    return text
 
 
 def _tokenizer(processor: Any) -> Any:

@@ -100,14 +100,104 @@ def load_student(name_or_path: str | Path, cfg: StudentConfig) -> tuple[PreTrain
             "'tiny-llava' is a preset, not a checkpoint: run `mmtune student pretrain --config ...` "
             "(or mmtune.training.pretrain.ensure_generic_student) to build it, then load its directory")
     try:
-        processor = AutoProcessor.from_pretrained(src, trust_remote_code=cfg.trust_remote_code)
+        processor = load_processor(src, trust_remote_code=cfg.trust_remote_code)
         model = AutoModelForImageTextToText.from_pretrained(
             src, dtype=_torch_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code)
     except OSError as e:
         raise OSError(
             f"could not load student {src!r}: {e}\nPass a local directory holding config.json and "
             "the processor files, or a hub id (needs network; set HF_HUB_OFFLINE=0).") from e
+    if cfg.image_max_pixels is not None:
+        cap_image_pixels(processor, cfg.image_max_pixels)
     return model, processor
+
+
+def load_processor(src: str, *, trust_remote_code: bool = False) -> Any:
+    """``AutoProcessor.from_pretrained``, or an image-only processor where that fails for want
+    of torchvision.
+
+    Transformers 5 builds the *video* processor of Qwen2-VL/Qwen2.5-VL (and other VLMs that
+    also take video) with torchvision, and ``AutoProcessor`` raises ``ImportError`` without it,
+    although mmtune never passes a video. torchvision is not an mmtune dependency (its wheels
+    are pinned to one torch build), so we then build the same processor class from the
+    checkpoint's tokenizer, image processor (PIL backend) and chat template, with no video
+    processor. Text and image handling (chat template, ``<|image_pad|>`` expansion,
+    ``pixel_values``/``image_grid_thw``) is the processor class's own code either way.
+    """
+    try:
+        return AutoProcessor.from_pretrained(src, trust_remote_code=trust_remote_code)
+    except ImportError as e:
+        if "torchvision" not in str(e).lower():
+            raise
+        try:
+            processor = _image_only_processor(src, trust_remote_code)
+        except Exception as inner:
+            raise ImportError(f"{e}\nmmtune could not build an image-only processor either ({inner}); "
+                              "install torchvision matching your torch build") from inner
+        log.info("loaded %s's processor without its video processor (torchvision is not installed)", src)
+        return processor
+
+
+def _image_only_processor(src: str, trust_remote_code: bool) -> Any:
+    import transformers
+    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    model_type = AutoConfig.from_pretrained(src, trust_remote_code=trust_remote_code).model_type
+    name = PROCESSOR_MAPPING_NAMES.get(model_type)
+    cls = getattr(transformers, name, None) if isinstance(name, str) else None
+    if cls is None:
+        raise ValueError(f"no processor class is registered for model type {model_type!r}")
+
+    ImageOnly = _image_only_class(cls)
+    parts = {"image_processor": lambda: AutoImageProcessor.from_pretrained(src, trust_remote_code=trust_remote_code),
+             "tokenizer": lambda: AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code),
+             "video_processor": lambda: None}
+    attrs = ImageOnly.get_attributes()
+    unknown = [a for a in attrs if a not in parts]
+    if unknown:
+        raise ValueError(f"{cls.__name__} also needs {unknown}")
+    processor_dict, kwargs = ImageOnly.get_processor_dict(src)
+    return ImageOnly.from_args_and_dict([parts[a]() for a in attrs], processor_dict, **kwargs)
+
+
+def _image_only_class(cls: type) -> type:
+    """``cls`` that accepts a missing video processor; registered in this module by a unique
+    qualified name so that its instances pickle, and named like ``cls`` so that
+    ``save_pretrained`` records the real processor class."""
+    key = f"_ImageOnly{cls.__name__}"
+    sub = globals().get(key)
+    if sub is None:
+        def check_argument_for_proper_class(self, argument_name, argument):
+            if argument is None and argument_name == "video_processor":
+                return None
+            return cls.check_argument_for_proper_class(self, argument_name, argument)
+
+        sub = type(cls.__name__, (cls,), {"check_argument_for_proper_class": check_argument_for_proper_class,
+                                          "__module__": __name__, "__qualname__": key})
+        globals()[key] = sub
+    return sub
+
+
+def cap_image_pixels(processor: Any, max_pixels: int) -> None:
+    """Cap the pixels per image of a dynamic-resolution image processor (Qwen2-VL style:
+    ``size = {shortest_edge: min pixels, longest_edge: max pixels}``, tokens ≈ pixels / 784).
+
+    A fixed-size processor (LLaVA-1.5's CLIP, 336x336) has nothing to cap: logged, ignored.
+    """
+    ip = getattr(processor, "image_processor", None)
+    size = getattr(ip, "size", None)
+    get = (lambda k: size.get(k)) if hasattr(size, "get") else (lambda k: getattr(size, k, None))
+    if ip is None or getattr(ip, "merge_size", None) is None or size is None or get("longest_edge") is None:
+        log.warning("student.image_max_pixels=%d ignored: %s resizes to a fixed size", max_pixels,
+                    type(ip).__name__)
+        return
+    shortest = get("shortest_edge")
+    if shortest is not None and max_pixels < shortest:
+        raise ValueError(f"student.image_max_pixels={max_pixels} is below the processor's minimum "
+                         f"({shortest} pixels)")
+    new = {"shortest_edge": shortest, "longest_edge": int(max_pixels)}
+    ip.size = new if isinstance(size, dict) else type(size)(**new)
 
 
 def save_student(model: PreTrainedModel, processor: Any, out_dir: str | Path,
@@ -168,7 +258,61 @@ def apply_lora(model: PreTrainedModel, cfg: StudentConfig) -> PreTrainedModel:
         modules_to_save=to_save or None,
         task_type=None,
     )
-    return get_peft_model(model, lcfg)
+    base_dtype = next(model.parameters()).dtype
+    peft_model = get_peft_model(model, lcfg)
+    upcast_saved_modules(peft_model, base_dtype)
+    return peft_model
+
+
+def upcast_saved_modules(model: torch.nn.Module, base_dtype: torch.dtype) -> None:
+    """Keep the trainable copies of ``modules_to_save`` (the projector) in float32 when the
+    base model is bf16/fp16.
+
+    PEFT already keeps LoRA weights in float32 over a half-precision base
+    (``autocast_adapter_dtype``), but copies ``modules_to_save`` in the base's dtype. AdamW on
+    bf16 weights loses every update below half a bf16 step of the weight (~1/512 of it): at
+    a 7B recipe's projector lr of 2e-5, about 70% of a 0.02-scale weight matrix never
+    moves, so CoMMIT's encoder group would barely train (and its measured κ would be off).
+    The copy is cast to float32 and wrapped with hooks that cast its inputs to float32 and
+    its outputs back to the base dtype, so the rest of the model is unchanged.
+    """
+    if base_dtype not in (torch.bfloat16, torch.float16):
+        return
+    from peft.utils.other import ModulesToSaveWrapper
+
+    for module in model.modules():
+        if not isinstance(module, ModulesToSaveWrapper):
+            continue
+        for copy in module.modules_to_save.values():
+            copy.float()
+            copy.register_forward_pre_hook(_cast_inputs_to(torch.float32), with_kwargs=True)
+            copy.register_forward_hook(_cast_output_to(base_dtype))
+
+
+def _cast_floats(obj: Any, dtype: torch.dtype) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(dtype) if obj.is_floating_point() and obj.dtype != dtype else obj
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
+        return type(obj)(*(_cast_floats(v, dtype) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cast_floats(v, dtype) for v in obj)
+    if isinstance(obj, dict):  # includes transformers' ModelOutput
+        for k in list(obj.keys()):
+            obj[k] = _cast_floats(obj[k], dtype)
+        return obj
+    return obj
+
+
+def _cast_inputs_to(dtype: torch.dtype):
+    def hook(module, args, kwargs):
+        return _cast_floats(args, dtype), _cast_floats(kwargs, dtype)
+    return hook
+
+
+def _cast_output_to(dtype: torch.dtype):
+    def hook(module, args, output):
+        return _cast_floats(output, dtype)
+    return hook
 
 
 def lora_target(model: PreTrainedModel, lora: LoraSettings) -> str:
