@@ -299,6 +299,25 @@ def test_bf16_student_trains_its_projector_in_float32(twins):
     assert all(not torch.equal(b, p.detach()) for b, (_, p) in zip(before, groups["encoder"]))
 
 
+@pytest.mark.parametrize("arch", ["llava", "qwen2vl"])
+def test_unfrozen_vision_tower_has_no_trainable_parameter_without_gradient(twins, arch):
+    """DDP (training.num_workers > 1) fails on a trainable parameter that takes no part in
+    the loss. LLaVA-1.5 reads the penultimate CLIP layer, so the last layer and the final
+    layernorm never get a gradient: they stay frozen when the tower is unfrozen."""
+    from mmtune.models.inputs import encode_for_training
+    from mmtune.models.student import apply_lora, load_student, param_groups
+
+    cfg = StudentConfig(dtype="float32", freeze_vision_tower=False)
+    model, processor = load_student(twins[arch], cfg)
+    model = apply_lora(model, cfg)
+    groups = param_groups(model)
+    assert any(".layers.0." in n or ".blocks.0." in n for n, _ in groups["encoder"])
+    batch = encode_for_training(processor, ["What colour?"], ["Red.\nAnswer: red"], [_png(COLOURS["red"])])
+    model(**batch).loss.backward()
+    missing = [n for g in groups.values() for n, p in g if p.grad is None]
+    assert missing == []
+
+
 def test_a_vlm_checkpoint_also_serves_as_hf_teacher(twins):
     """teacher.backend=hf with a VLM id (e.g. Qwen2-VL-72B-Instruct on a multi-GPU box): no
     causal-LM class, so the backend reads its text side through the VLM class."""

@@ -219,15 +219,35 @@ def apply_freeze(model: PreTrainedModel, cfg: StudentConfig) -> None:
     """
     pat = patterns_for(model)
     vision, proj, llm = re.compile(pat.vision), re.compile(pat.projector), re.compile(pat.llm)
+    unused = unused_vision_params(model)
     for name, p in model.named_parameters():
         if proj.search(name):
             p.requires_grad_(not cfg.freeze_projector)
         elif vision.search(name):
-            p.requires_grad_(not cfg.freeze_vision_tower)
+            p.requires_grad_(not cfg.freeze_vision_tower and not (unused and unused.search(name)))
         elif llm.search(name):
             p.requires_grad_(not cfg.freeze_llm and not cfg.lora.enabled)
         else:
             p.requires_grad_(False)
+
+
+def unused_vision_params(model: PreTrainedModel) -> re.Pattern | None:
+    """Vision-tower parameters a LLaVA-style model never uses: the encoder layers after
+    ``vision_feature_layer`` and the final layernorm (LLaVA-1.5 reads the penultimate CLIP
+    layer's hidden states). They get no gradient, so with the tower unfrozen they stay
+    frozen: DDP refuses trainable parameters that take no part in the loss.
+    """
+    if patterns_for(model) is not ARCHITECTURES["llava"]:
+        return None
+    layer = getattr(model.config, "vision_feature_layer", None)
+    n = getattr(getattr(model.config, "vision_config", None), "num_hidden_layers", None)
+    if not isinstance(layer, int) or not isinstance(n, int):
+        return None  # several feature layers (or an unknown tower): leave everything trainable
+    first_unused = layer % (n + 1)  # hidden_states[k] is the output of encoder layer k - 1
+    parts = [r"post_layernorm\."]
+    if first_unused < n:
+        parts.append(r"encoder\.layers\.(" + "|".join(str(i) for i in range(first_unused, n)) + r")\.")
+    return re.compile(r"(^|\.)vision_tower\.(.*\.)?(" + "|".join(parts) + ")")
 
 
 def apply_lora(model: PreTrainedModel, cfg: StudentConfig) -> PreTrainedModel:
@@ -259,7 +279,12 @@ def apply_lora(model: PreTrainedModel, cfg: StudentConfig) -> PreTrainedModel:
         task_type=None,
     )
     base_dtype = next(model.parameters()).dtype
+    unused = unused_vision_params(model)
     peft_model = get_peft_model(model, lcfg)
+    if unused is not None:  # PEFT made every parameter of the tower's trainable copy trainable
+        for name, p in peft_model.named_parameters():
+            if unused.search(name):
+                p.requires_grad_(False)
     upcast_saved_modules(peft_model, base_dtype)
     return peft_model
 
