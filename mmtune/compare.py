@@ -154,7 +154,7 @@ def headline_markdown(result: dict[str, Any]) -> str:
     lines = [(f"Target accuracy, mean over the {len(targets)} targets ({', '.join(targets)}); mean ± sd over "
               f"seeds {result['seeds']}; the last round's student. Budgets in samples (% of the {n}-sample corpus); "
               "every arm trains the same steps at a budget."), ""]
-    head = "| arm | " + " | ".join(f"{b} ({100 * b / n:.1f}%)" for b in budgets) + " | corpus tasks (forgetting) |"
+    head = "| arm | " + " | ".join(f"{b} ({100 * b / n:.1f}%)" for b in budgets) + f" | corpus tasks at {budgets[-1]} (forgetting) |"
     lines += [head, "|" + "---|" * (len(budgets) + 2)]
     if base:
         maj = statistics.fmean(s["majority"] for s in base.values())
