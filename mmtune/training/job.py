@@ -61,12 +61,11 @@ def training_paths(cfg: RunConfig, data: Sequence[str] | None, progress=print) -
     """``--data`` if given, else the configured corpus (SkillWorld's, or ``data.corpus``)."""
     if data:
         return expand_parquet(data)
-    if cfg.data.source == "skillworld":
+    if cfg.data.source == "skillworld" or cfg.data.corpus:
         from mmtune.data.catalog import data_paths
 
+        # data_paths imports a LLaVA/ShareGPT/JSONL corpus once (cached) into Sample parquet.
         return [str(p) for p in data_paths(cfg, progress).corpus]
-    if cfg.data.corpus:
-        return expand_parquet([cfg.data.corpus])
     raise ConfigError("no training data: pass --data PATH (Sample parquet) or set data.corpus")
 
 

@@ -106,3 +106,15 @@ def test_nothing_usable_is_an_error_naming_the_quarantine(h, tmp_path):
         data_paths(cfg, lambda _: None)
     with pytest.raises(FileNotFoundError, match="data path not found"):
         ensure_imported(str(tmp_path / "missing.json"), "auto", cfg, name="corpus")
+
+
+def test_standalone_commands_read_a_json_corpus_through_the_import(h, tmp_path):
+    """mmtune train/index/annotate/search take their corpus from training_paths: a JSON
+    corpus must reach them as the imported parquet, not fail as 'not parquet'."""
+    from mmtune.training.job import training_paths
+
+    corpus = _llava(h, tmp_path / "d")
+    cfg = _cfg(tmp_path, corpus, corpus_format="llava")
+    paths = training_paths(cfg, None, progress=lambda _: None)
+    assert paths == [str(p) for p in data_paths(cfg, lambda _: None).corpus]
+    assert pq.read_table(paths).num_rows == 2
