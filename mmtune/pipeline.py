@@ -112,7 +112,15 @@ class Pipeline:
         from mmtune.training.pretrain import resolve_student
 
         cfg = self.cfg
-        kd, data = self.run.stage("data", cfg.data.model_dump(mode="json"), {}, lambda: self._data(data_paths))
+        key: dict[str, Any] = cfg.data.model_dump(mode="json")
+        if cfg.data.source == "files":
+            # The user's files can change under the same config: key the stage by what they
+            # resolve to (import directories are named by the files' signatures) and by the
+            # resolved files' own signatures (Sample parquet is used in place).
+            resolved = self._data(data_paths)
+            files = resolved["corpus"] + [p for split in ("val", "test") for ps in resolved[split].values() for p in ps]
+            key["resolved"] = _sig(files)
+        kd, data = self.run.stage("data", key, {}, lambda: self._data(data_paths))
         pending = self._train_teacher_alongside()
         ks, student = self.run.stage(
             "student", cfg.student.model_dump(mode="json", exclude={"max_new_tokens"}), {"data": kd},
