@@ -179,6 +179,11 @@ class BuiltinTeacherSettings(_Section):
     steps: int = Field(1200, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(2e-3, gt=0)
+    offtask_fraction: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="share of skill-analysis examples whose student steps come from another task (an off-task "
+                    "chain); the target stays the skill the question needs at that step, so the teacher learns to "
+                    "name what was missing, not what the wrong step shows (docs/teacher.md)")
     threads: int | None = Field(None, ge=1, description="torch threads; null = torch's default")
 
 

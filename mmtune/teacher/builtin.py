@@ -93,7 +93,8 @@ def _wrong_value(rng: random.Random, it: dict[str, Any]) -> str:
 
 
 def build_examples(cfg: RunConfig, items: list[dict[str, Any]], n: int, seed: int) -> list[tuple[str, str]]:
-    """(prompt, target) pairs in the mix 55% answer, 20% skill, 15% annotate, 10% which-step."""
+    """(prompt, target) pairs in the mix 55% answer, 20% skill (``offtask_fraction`` of them over
+    another task's chain), 15% annotate, 10% which-step."""
     rng = random.Random(seed)
     v = cfg.teacher.prompt_version
     by_text = cfg.teacher.score_candidates == "text"
@@ -104,6 +105,7 @@ def build_examples(cfg: RunConfig, items: list[dict[str, Any]], n: int, seed: in
     for it in items:
         by_task.setdefault(it["task"], []).append(it)
     hint_p = cfg.teacher.hint_probability
+    offtask = cfg.teacher.builtin.offtask_fraction
     out: list[tuple[str, str]] = []
     for _ in range(n):
         it = rng.choice(items)
@@ -120,9 +122,18 @@ def build_examples(cfg: RunConfig, items: list[dict[str, Any]], n: int, seed: in
             # P(hinted) = hint_p, and one that does teaches to follow the reasoning.
             out.append((prompt, " " + (c.texts[c.gold] if by_text else c.labels[c.gold])))
         elif r < 0.75:  # skill of a step
-            m = rng.randrange(len(it["steps"]))
-            out.append((t_sk.render(question=it["question"], steps=numbered(it["steps"]), mistake_index=m + 1,
-                                    mistake_step=it["steps"][m], gold=it["answer"],
+            steps = it["steps"]
+            if rng.random() < offtask:
+                # An off-task chain: a student that answers a counting question with "The digit
+                # is 3." lacks counting, not digit reading. Without these examples the teacher
+                # learns to name the skill of whatever step it is shown.
+                other = rng.choice(items)
+                while other["task"] == it["task"] and len(by_task) > 1:
+                    other = rng.choice(items)
+                steps = other["steps"]
+            m = rng.randrange(min(len(steps), len(it["steps"])))
+            out.append((t_sk.render(question=it["question"], steps=numbered(steps), mistake_index=m + 1,
+                                    mistake_step=steps[m], gold=it["answer"],
                                     prediction=_wrong_value(rng, it)), " " + it["skills"][m]))
         elif r < 0.90:  # annotation
             out.append((t_an.render(instruction=it["question"], response=it["response"]),

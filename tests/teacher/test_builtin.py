@@ -37,6 +37,28 @@ def test_examples_never_show_targets_and_use_the_prompt_files(cfg_args):
     assert build_examples(cfg, items, 50, seed=0) == ex[:50]  # deterministic
 
 
+def test_skill_examples_over_off_task_chains_keep_the_questions_skill(cfg_args):
+    """A student that answers a counting question with a digit step lacks counting: off-task
+    examples pair another task's step with the skill the question needs at that step."""
+    import re
+
+    cfg = load_config(cfg_args[1], [*cfg_args[2:], "teacher.builtin.offtask_fraction=1"])
+    items = _teacher_items(cfg)
+    by_question = {it["question"].splitlines()[0]: it for it in items}  # one task per question wording
+    checked = off = 0
+    for prompt, target in build_examples(cfg, items, 400, seed=1):
+        if "Mistake at step" not in prompt:
+            continue
+        question = re.search(r"^Question: (.*)$", prompt, re.M).group(1)
+        step = re.search(r"^Mistake at step (\d+): (.*)$", prompt, re.M)
+        it = by_question[question]
+        own = {s for o in items if o["task"] == it["task"] for s in o["steps"]}
+        off += step.group(2) not in own  # another task's step (tasks may share a step kind)
+        assert target == " " + it["skills"][int(step.group(1)) - 1]  # target: this question's skill
+        checked += 1
+    assert checked > 40 and off > checked / 2
+
+
 def test_teacher_train_cli_saves_a_loadable_hf_model(cfg_args, capsys):
     assert main(["teacher", "train", *cfg_args]) == 0
     cfg = load_config(cfg_args[1], cfg_args[2:])
