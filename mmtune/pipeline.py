@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -249,14 +250,16 @@ class Pipeline:
                 self.progress(f"[run] {kind}: reusing {cache}")
                 return json.loads((cache / "result.json").read_text().replace("{OUT}", str(out)))
             result = work()
-            tmp = cache.with_name(cache.name + ".tmp")
+            # One temporary directory per process: two runs (say, two comparisons) may
+            # compute the same entry at once; the first rename wins, the other is dropped.
+            tmp = cache.with_name(f"{cache.name}.tmp-{os.getpid()}")
             if tmp.exists():
                 shutil.rmtree(tmp)
             shutil.copytree(out, tmp / "out")
             (tmp / "result.json").write_text(json.dumps(result, default=str).replace(str(out), "{OUT}"))
-            if not cache.exists():
+            try:
                 tmp.rename(cache)
-            else:
+            except OSError:  # another run got there first: its entry is the same
                 shutil.rmtree(tmp)
             return result
 
