@@ -108,13 +108,13 @@ def source_signature(files: list[Path]) -> list[list]:
 def is_sample_parquet(files: list[Path], fmt: str) -> bool:
     """Parquet files that already hold every Sample column (``mmtune data import`` output,
     SkillWorld): used in place, never copied."""
-    import pyarrow.parquet as pq
-
+    from mmtune.data.readers import open_parquet
     from mmtune.data.schema import SAMPLE_FIELDS
 
     if fmt not in ("auto", "parquet") or not files or any(f.suffix.lower() != ".parquet" for f in files):
         return False
-    return all(set(SAMPLE_FIELDS) <= set(pq.read_schema(f).names) for f in files)
+    # open_parquet: a truncated file is a clear error here, not a bare ArrowInvalid
+    return all(set(SAMPLE_FIELDS) <= set(open_parquet(f).schema_arrow.names) for f in files)
 
 
 def import_key(files: list[Path], fmt: str, cfg: RunConfig, *, task: str | None = None,

@@ -145,7 +145,14 @@ def iter_json_lines(f: BinaryIO) -> Iterator[tuple[int, Any, str | None]]:
         if not line.strip():
             continue
         try:
-            yield i, json.loads(line), None
-        except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, deep nesting
+            try:
+                rec = json.loads(line)
+            except UnicodeDecodeError:
+                # Not UTF-8: parse it with the bad bytes as lone surrogates, so validation
+                # quarantines the record ("bad encoding") with the reason and the fix.
+                rec = json.loads(line.decode("utf-8", errors="surrogateescape"))
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, deep nesting
             text = line.decode("utf-8", errors="replace").rstrip("\r\n")
             yield i, text, f"invalid json: {e}"
+            continue
+        yield i, rec, None

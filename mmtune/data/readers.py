@@ -31,7 +31,7 @@ from mmtune.data.jsonstream import iter_json_lines, iter_json_values
 from mmtune.data.records import ReadResult, SourceFile, convert_record, quarantined
 from mmtune.data.writer import QUARANTINE_FILE, REPORT_FILE
 
-__all__ = ["FORMATS", "ReadResult", "iter_chunks", "iter_samples", "resolve_inputs"]
+__all__ = ["FORMATS", "ReadResult", "iter_chunks", "iter_samples", "open_parquet", "resolve_inputs"]
 
 FORMATS = ("auto", "llava", "sharegpt", "jsonl", "parquet")
 SUFFIXES = (".json", ".jsonl", ".parquet")
@@ -85,17 +85,30 @@ def _container(path: Path, fmt: str) -> str:
                      f"to .json/.jsonl/.parquet or pass fmt (one of {', '.join(FORMATS[1:])})")
 
 
-def _iter_parquet(path: Path, chunk_rows: int) -> Iterator[tuple[int, Any, str | None]]:
+def open_parquet(path: Path) -> pq.ParquetFile:
+    """``pq.ParquetFile(path)``, or a ValueError that names the file and the fix (a
+    truncated or corrupt file has no readable footer)."""
     try:
-        pf = pq.ParquetFile(path)
+        return pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as e:
-        raise ValueError(f"{path}: not a readable parquet file ({e})") from None
+        raise ValueError(f"{path}: not a readable parquet file ({e}); it is truncated or corrupt "
+                         "(an interrupted download or copy?): re-download or re-export it, or move it "
+                         "out of the input") from None
+
+
+def _check_parquet(path: Path) -> pq.ParquetFile:
+    pf = open_parquet(path)
     names = set(pf.schema_arrow.names)
     if not (names & _CONVERSATION_COLUMNS or _SAMPLE_COLUMNS <= names):
         raise ValueError(
             f"{path}: parquet columns {sorted(names)} match no known shape; expected Sample "
             "columns (id, instruction, response, image, ...) or conversation columns "
             "(messages or conversations, with images/audios)")
+    return pf
+
+
+def _iter_parquet(path: Path, chunk_rows: int) -> Iterator[tuple[int, Any, str | None]]:
+    pf = _check_parquet(path)
     row = 0
     for batch in pf.iter_batches(batch_size=chunk_rows):
         for rec in batch.to_pylist():
@@ -112,7 +125,9 @@ def _iter_raw(path: Path, fmt: str, chunk_rows: int) -> Iterator[tuple[int, Any,
         with open(path, "rb") as f:
             yield from iter_json_lines(f)
     else:
-        with open(path, encoding="utf-8-sig") as f:
+        # Bytes that are not UTF-8 become lone surrogates, so one such record is quarantined
+        # ("bad encoding", by validation) and the rest of the array still loads.
+        with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
             for row, rec in enumerate(iter_json_values(f, name=str(path))):
                 yield row, rec, None
 
@@ -138,7 +153,8 @@ def iter_samples(path: str | Path, fmt: str = "auto", *, image_root: str | Path 
                                 "the folder your relative image/audio paths start from")
     files = resolve_inputs(path)
     for f in files:  # fail now, before any work, if a file's format cannot be told
-        _container(f, fmt)
+        if _container(f, fmt) == "parquet":  # or a parquet file is truncated or of an unknown shape
+            _check_parquet(f)
     return _generate(files, fmt, root, chunk_rows)
 
 

@@ -44,6 +44,27 @@ def _check_types(sample: dict[str, Any]) -> str | None:
     return None
 
 
+def _not_utf8(text: str) -> str | None:
+    """Why ``text`` cannot be stored as UTF-8 (a lone surrogate: bytes that were not UTF-8
+    in the source file, or an escaped half of a surrogate pair such as ``"\\ud800"``), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"{text[e.start]!r} at character {e.start}"
+    return None
+
+
+def _check_encoding(sample: dict[str, Any]) -> str | None:
+    for name in _TEXT_FIELDS + ("steps", "options", "skills"):
+        value = sample[name]
+        for text in value if isinstance(value, list) else [] if value is None else [value]:
+            why = _not_utf8(text)
+            if why:
+                return (f"bad encoding: {name} is not valid UTF-8 text ({why}); re-encode the source file "
+                        "as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+    return None
+
+
 def check_image(data: bytes) -> str | None:
     """None if PIL can decode ``data`` fully, else ``undecodable image: ...``."""
     from PIL import Image
@@ -81,7 +102,7 @@ def validate_sample(sample: dict[str, Any], *, max_text_chars: int) -> str | Non
     missing = [f for f in SAMPLE_FIELDS if f not in sample]
     if missing:
         return f"missing field: {', '.join(missing)}"
-    reason = _check_types(sample)
+    reason = _check_types(sample) or _check_encoding(sample)
     if reason:
         return reason
     for name in ("id", "instruction", "response"):

@@ -97,6 +97,16 @@ class ShardWriter:
         return self.paths
 
 
+def _storable(value: Any) -> Any:
+    """A string parquet can store: lone surrogates become backslash escapes."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", errors="backslashreplace").decode("utf-8")
+    return value
+
+
 class QuarantineWriter:
     """Writes quarantine rows (QUARANTINE_SCHEMA dicts) to one parquet file.
 
@@ -119,7 +129,9 @@ class QuarantineWriter:
         self.close()
 
     def write(self, record: dict[str, Any]) -> None:
-        self._buffer.append(record)
+        # A row quarantined for bad encoding carries its lone surrogates into the id and
+        # record: written as escapes ("\\udce9"), so the row is kept, not lost to the writer.
+        self._buffer.append({k: _storable(v) for k, v in record.items()})
         self.rows += 1
         if len(self._buffer) >= self.row_group_rows:
             self._flush()

@@ -67,13 +67,14 @@ def collect_errors(cfg: RunConfig, student_dir: str | Path, val_splits: dict[str
     """The student's wrong validation items (as teacher items) and per-split counts.
 
     Raises ValueError for an empty validation split: there is nothing to learn from."""
-    from mmtune.training.evaluate import evaluate_splits, safe_name
-
     for split, paths in val_splits.items():
         n = sum(pq.ParquetFile(str(p)).metadata.num_rows for p in paths)
         if n == 0:
             raise ValueError(f"validation split {split!r} ({', '.join(map(str, paths))}) has no rows; "
-                             "a target needs validation items to diagnose the student on")
+                             "a target needs validation items to diagnose the student on: give the target a "
+                             "non-empty val file (data.targets[].val), or drop the target")
+    from mmtune.training.evaluate import evaluate_splits, safe_name  # (Ray Data: only once the splits are sound)
+
     out = Path(out_dir) if out_dir else None
     scores = evaluate_splits(cfg, student_dir, val_splits, adapter_dir=adapter_dir, out_dir=out, progress=progress)
     if out is None:

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +91,38 @@ def _torch_dtype(name: str) -> Any:
             "float16": torch.float16}[name]
 
 
+def missing_local_model(name_or_path: str | Path, key: str) -> str | None:
+    """A message naming the problem and the fix when ``name_or_path`` is a local path with no
+    model there (``key`` is the config setting it came from), else None. Hub ids
+    (``name`` or ``org/name``) are left to ``from_pretrained``."""
+    src = str(name_or_path)
+    p = Path(src).expanduser()
+    local = isinstance(name_or_path, Path) or src.startswith(("/", "~", ".")) or src.count("/") > 1
+    fix = (f"point {key} at a local HF model directory (config.json and weights, as save_pretrained writes "
+           "them) or at a hub id (org/name)")
+    if local and not p.exists():
+        return f"{key} {src!r} does not exist: there is no model at that path; {fix}"
+    if p.is_dir() and not (p / "config.json").is_file():
+        return f"{key} {src!r} is a directory without config.json, so not an HF model directory; {fix}"
+    return None
+
+
+@contextmanager
+def refuse_pickle(src: str | Path) -> Iterator[None]:
+    """Turn torch's refusal of a pickle that holds more than tensors (``weights_only=True``)
+    into a clear error: mmtune never unpickles code from a user's checkpoint."""
+    try:
+        yield
+    except pickle.UnpicklingError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "GLOBAL" in ln), lines[0] if lines else type(e).__name__)
+        raise ValueError(
+            f"refused to load {str(src)!r}: its weights are a pickle that holds more than tensors ({why}). mmtune "
+            "loads checkpoints only as safetensors or with torch.load(weights_only=True) and never runs pickled "
+            "code. Use a safetensors release of the model, or convert it where you trust it: "
+            "model.save_pretrained(dir, safe_serialization=True)") from None
+
+
 def load_student(name_or_path: str | Path, cfg: StudentConfig) -> tuple[PreTrainedModel, Any]:
     """Load a VLM and its processor by hub id or local directory.
 
@@ -99,10 +134,15 @@ def load_student(name_or_path: str | Path, cfg: StudentConfig) -> tuple[PreTrain
         raise ValueError(
             "'tiny-llava' is a preset, not a checkpoint: run `mmtune student pretrain --config ...` "
             "(or mmtune.training.pretrain.ensure_generic_student) to build it, then load its directory")
+    missing = missing_local_model(name_or_path, "student.name_or_path")
+    if missing:
+        raise FileNotFoundError(missing)
     try:
         processor = load_processor(src, trust_remote_code=cfg.trust_remote_code)
-        model = AutoModelForImageTextToText.from_pretrained(
-            src, dtype=_torch_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code)
+        # Weights load as safetensors, or from a .bin with weights_only=True (never unpickled code).
+        with refuse_pickle(src):
+            model = AutoModelForImageTextToText.from_pretrained(
+                src, dtype=_torch_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code, weights_only=True)
     except OSError as e:
         raise OSError(
             f"could not load student {src!r}: {e}\nPass a local directory holding config.json and "
@@ -398,4 +438,30 @@ def load_adapter(base: PreTrainedModel, adapter_dir: str | Path, *, trainable: b
     """Attach saved adapters (and saved projector) to a freshly loaded base student."""
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
+    d = Path(adapter_dir)
+    conf = d / "adapter_config.json"
+    if not conf.is_file():
+        raise FileNotFoundError(f"{d} is not a saved adapter (no adapter_config.json); pass the adapter directory "
+                                "a training run wrote (its adapter/ folder)")
+    # PEFT loads adapter_model.safetensors, or a .bin with torch.load(weights_only=True).
+    try:
+        with refuse_pickle(d):
+            return PeftModel.from_pretrained(base, str(d), is_trainable=trainable)
+    except RuntimeError as e:
+        if "size mismatch" not in str(e) and "Error(s) in loading state_dict" not in str(e):
+            raise
+        raise ValueError(adapter_mismatch(d, base, e)) from None
+
+
+def adapter_mismatch(adapter_dir: str | Path, base: Any, err: BaseException) -> str:
+    """The message for adapter weights that do not fit ``base``: trained on another model."""
+    trained_on = None
+    try:
+        trained_on = json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError):
+        pass
+    base_name = getattr(getattr(base, "config", None), "_name_or_path", None) or type(base).__name__
+    first = next((ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln), str(err).splitlines()[0])
+    return (f"the adapter in {adapter_dir} was trained on a different model ({trained_on or 'unknown base'}) and "
+            f"does not fit {base_name} ({first[:300]}); load it onto the student it was trained from, or train a "
+            "new adapter for this one")

@@ -72,17 +72,31 @@ class HFBackend:
 
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
                                    else ("cpu" if device == "auto" else device))
-        self.tok = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+        from mmtune.models.student import missing_local_model, refuse_pickle
+
+        missing = missing_local_model(name_or_path, "teacher.name_or_path")
+        if missing:
+            raise FileNotFoundError(missing)
+        try:
+            self.tok = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+        except OSError as e:
+            raise OSError(f"could not load the teacher {str(name_or_path)!r}: {e}\nSet teacher.name_or_path to a "
+                          "local HF directory (config.json, tokenizer, weights) or a hub id (needs network; "
+                          "HF_HUB_OFFLINE=0)") from e
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
-        try:
-            model = AutoModelForCausalLM.from_pretrained(
-                str(name_or_path), dtype=_dtype(dtype, self.device), trust_remote_code=trust_remote_code)
-        except ValueError:  # a VLM without a causal-LM mapping: use its text side through the VLM class
-            from transformers import AutoModelForImageTextToText
+        # Weights load as safetensors, or from a .bin with weights_only=True (never unpickled code).
+        with refuse_pickle(name_or_path):
+            try:
+                model = AutoModelForCausalLM.from_pretrained(
+                    str(name_or_path), dtype=_dtype(dtype, self.device), trust_remote_code=trust_remote_code,
+                    weights_only=True)
+            except ValueError:  # a VLM without a causal-LM mapping: use its text side through the VLM class
+                from transformers import AutoModelForImageTextToText
 
-            model = AutoModelForImageTextToText.from_pretrained(
-                str(name_or_path), dtype=_dtype(dtype, self.device), trust_remote_code=trust_remote_code)
+                model = AutoModelForImageTextToText.from_pretrained(
+                    str(name_or_path), dtype=_dtype(dtype, self.device), trust_remote_code=trust_remote_code,
+                    weights_only=True)
         self.model = model.to(self.device).eval()
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
@@ -208,7 +222,13 @@ class OpenAIBackend:
         key = os.environ.get(api_key_env)
         if key:
             self._session.headers["Authorization"] = f"Bearer {key}"
+        self._key = key or ""
         self.api_key_env = api_key_env
+
+    def _redact(self, text: str) -> str:
+        """``text`` without the API key: a server may echo it in an error body, and errors
+        reach logs, the run manifest and reports."""
+        return text.replace(self._key, f"<${self.api_key_env}>") if len(self._key) >= 4 else text
 
     def __repr__(self) -> str:  # never the key
         return f"OpenAIBackend(base_url={self.base_url!r}, model={self.model!r}, api={self.api!r})"
@@ -222,11 +242,16 @@ class OpenAIBackend:
             try:
                 r = self._session.post(url, json=body, timeout=self.timeout_s)
             except (requests.ConnectionError, requests.Timeout) as e:
-                err = f"{type(e).__name__}: {e}"
+                err = self._redact(f"{type(e).__name__}: {e}")
             else:
                 if r.status_code == 200:
-                    return r.json()
-                err = f"HTTP {r.status_code}: {r.text[:300]}"
+                    try:
+                        return r.json()
+                    except ValueError:
+                        raise TeacherError(self._redact(
+                            f"{url}: HTTP 200 but the body is not JSON ({r.text[:200]!r}); teacher.base_url must "
+                            "be an OpenAI-compatible endpoint, e.g. http://host:8000/v1")) from None
+                err = self._redact(f"HTTP {r.status_code}: {r.text[:300]}")
                 if r.status_code == 401:
                     raise TeacherError(f"{url}: {err} — set the API key in ${self.api_key_env}")
                 if r.status_code not in (408, 409, 429) and r.status_code < 500:
@@ -296,7 +321,7 @@ class OpenAIBackend:
                 c = reply["choices"][0]
                 return c["message"]["content"] if self.api == "chat" else c["text"]
             except (KeyError, IndexError, TypeError) as e:
-                raise TeacherError(f"unexpected reply shape from {self.base_url}: {str(reply)[:300]}") from e
+                raise TeacherError(self._redact(f"unexpected reply shape from {self.base_url}: {str(reply)[:300]}")) from e
 
         return self._map(one, list(prompts))
 

@@ -532,7 +532,74 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 @api.exception_handler(StarletteHTTPException)
 async def _http_exception(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if isinstance(exc, _BodyTooLarge):
+        return exc.error.response()
     return ApiError(exc.status_code, str(exc.detail), "invalid_request_error").response()
+
+
+# --------------------------------------------------------------------------- body size limit
+# Item counts and text lengths are checked after the JSON is parsed; the raw body is capped
+# before that, so one huge request cannot fill an ingress replica's memory. The limit is
+# teacher.serve.max_body_bytes where the config has that key, else this default.
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+_BODY_LIMIT = {"bytes": DEFAULT_MAX_BODY_BYTES}
+
+
+def max_body_bytes(t: TeacherConfig) -> int:
+    return int(getattr(t.serve, "max_body_bytes", None) or DEFAULT_MAX_BODY_BYTES)
+
+
+def body_too_large(n: int, limit: int, streamed: bool = False) -> ApiError:
+    got = f"more than {limit} bytes (read {n} so far)" if streamed else f"{n} bytes"
+    return ApiError(413, f"the request body has {got}; at most {limit} bytes per request "
+                         f"(teacher.serve.max_body_bytes): split the request", code="body_too_large")
+
+
+class _BodyTooLarge(StarletteHTTPException):
+    """Raised while FastAPI reads a streamed body (it re-raises HTTP exceptions as they are)."""
+
+    def __init__(self, error: ApiError):
+        super().__init__(error.status, error.message)
+        self.error = error
+
+
+class BodySizeLimit:
+    """ASGI middleware: a body over the limit is refused with 413 before it is read, by its
+    Content-Length, or as soon as a body sent without one passes the limit."""
+
+    def __init__(self, app: Any, limit: int | None = None):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit if self.limit is not None else _BODY_LIMIT["bytes"]
+        for name, value in scope.get("headers") or []:
+            if name.lower() == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = 0
+                if declared > limit:
+                    await body_too_large(declared, limit).response()(scope, receive, send)
+                    return
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message.get("type") == "http.request":
+                seen += len(message.get("body") or b"")
+                if seen > limit:
+                    raise _BodyTooLarge(body_too_large(seen, limit, streamed=True))
+            return message
+
+        await self.app(scope, limited, send)
+
+
+api.add_middleware(BodySizeLimit)
 
 
 _HTTP_METRICS: TeacherMetrics | None = None
@@ -595,6 +662,7 @@ class TeacherIngress:
         self.model = model
         self.app_name = app_name
         self.limits = self.cfg.serve
+        _BODY_LIMIT["bytes"] = max_body_bytes(self.cfg)  # this replica's process serves this app only
 
     # ------------------------------------------------------------------ limits
     def _count(self, n: int, what: str) -> None:
@@ -627,7 +695,8 @@ class TeacherIngress:
         return {"status": "ok", "app": self.app_name, "backend": info["backend"], "model": info["model"],
                 "prompt_version": info["prompt_version"], "replica": info,
                 "limits": {"max_items_per_request": self.limits.max_items_per_request,
-                           "max_text_chars": self.limits.max_text_chars}}
+                           "max_text_chars": self.limits.max_text_chars,
+                           "max_body_bytes": _BODY_LIMIT["bytes"]}}
 
     @api.post("/v1/analyse")
     async def analyse(self, req: AnalyseRequest) -> dict[str, Any]:
@@ -979,7 +1048,9 @@ __all__ = [
     "METRICS",
     "MODEL_DEPLOYMENT",
     "ApiError",
+    "BodySizeLimit",
     "BuilderArgs",
+    "DEFAULT_MAX_BODY_BYTES",
     "ServedTeacher",
     "TeacherIngress",
     "TeacherMetrics",

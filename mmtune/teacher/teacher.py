@@ -18,7 +18,7 @@ from typing import Any
 
 from mmtune.config import TeacherConfig
 
-from .backend import TeacherBackend
+from .backend import TeacherBackend, TeacherError
 from .parse import parse_skill, parse_skills, parse_step_number
 from .prompts import load_template, numbered
 from .switch import (
@@ -33,8 +33,10 @@ RETRY_TEMPERATURE = 0.7  # re-asks after an unparseable reply sample, so they ca
 
 
 def normalise(logprobs: Sequence[float]) -> list[float]:
-    """Softmax over the candidates' log-probabilities."""
+    """Softmax over the candidates' log-probabilities (uniform when every one is -inf)."""
     m = max(logprobs)
+    if m == float("-inf"):
+        return [1.0 / len(logprobs)] * len(logprobs)
     e = [math.exp(x - m) for x in logprobs]
     z = sum(e)
     return [x / z for x in e]
@@ -56,6 +58,54 @@ class Analysis:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _backend_name(backend: Any) -> str:
+    return str(getattr(backend, "name", type(backend).__name__))
+
+
+def _sized(x: Any) -> bool:
+    """A list, tuple or array of values (not a string)."""
+    return hasattr(x, "__len__") and hasattr(x, "__iter__") and not isinstance(x, (str, bytes, dict))
+
+
+def check_scores(scores: Any, labels: Sequence[Sequence[str]], backend: Any) -> list[list[float]]:
+    """The backend's option scores, or TeacherError when they are not one list of numbers
+    (log-probabilities: finite or -inf) per prompt and option. Garbage never reaches the
+    answer switch, where it would turn into a wrong mistake step."""
+    where = f"the teacher backend {_backend_name(backend)!r}"
+    fix = "check the teacher's model or server (teacher.backend, teacher.name_or_path, teacher.base_url)"
+    if not _sized(scores) or len(scores) != len(labels):
+        n = len(scores) if _sized(scores) else type(scores).__name__
+        raise TeacherError(f"{where} returned {n} option-score lists for {len(labels)} prompts; {fix}")
+    out = []
+    for i, (s, opts) in enumerate(zip(scores, labels)):
+        if not _sized(s) or len(s) != len(opts):
+            raise TeacherError(f"{where} returned {str(s)[:80]} as the scores of prompt {i}'s {len(opts)} options; "
+                               f"{fix}")
+        try:
+            vals = [float(v) for v in s]
+        except (TypeError, ValueError):
+            raise TeacherError(f"{where} returned non-numeric scores {str(s)[:80]} for prompt {i}; {fix}") from None
+        if any(math.isnan(v) or v == float("inf") for v in vals):
+            raise TeacherError(f"{where} returned invalid log-probabilities {vals} for prompt {i} "
+                               f"(NaN or +inf); {fix}")
+        out.append(vals)
+    return out
+
+
+def check_replies(replies: Any, n: int, backend: Any) -> list[str]:
+    """The backend's generated texts, or TeacherError when they are not ``n`` strings.
+    (An unparseable *string* is not an error: the item is recorded with its raw reply.)"""
+    where = f"the teacher backend {_backend_name(backend)!r}"
+    if not _sized(replies) or len(replies) != n:
+        got = len(replies) if _sized(replies) else type(replies).__name__
+        raise TeacherError(f"{where} returned {got} replies for {n} prompts; check the teacher's model or server")
+    bad = [type(r).__name__ for r in replies if not isinstance(r, str)]
+    if bad:
+        raise TeacherError(f"{where} returned a {bad[0]} where a text reply belongs; check the "
+                           "teacher's model or server")
+    return list(replies)
 
 
 class Teacher:
@@ -81,7 +131,7 @@ class Teacher:
                 prompts.append(p)
                 labels.append(c.texts if self.by_text else c.labels)
                 owner.append(i)
-        scores = self.backend.score_options(prompts, labels) if prompts else []
+        scores = check_scores(self.backend.score_options(prompts, labels), labels, self.backend) if prompts else []
         traces: list[list[list[float]]] = [[] for _ in items]
         for i, s in zip(owner, scores):
             traces[i].append(s)
@@ -104,7 +154,8 @@ class Teacher:
             if not todo:
                 break
             temp = 0.0 if attempt == 0 else RETRY_TEMPERATURE
-            replies = self.backend.generate([prompts[i] for i in todo], temperature=temp)
+            replies = check_replies(self.backend.generate([prompts[i] for i in todo], temperature=temp),
+                                    len(todo), self.backend)
             still = []
             for i, raw in zip(todo, replies):
                 val = parse(raw)

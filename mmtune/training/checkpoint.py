@@ -113,7 +113,14 @@ def load_weights(model: torch.nn.Module, ckpt_dir: Path) -> None:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: not a PEFT checkpoint written by mmtune")
         sd = load_file(str(path))
-        res = set_peft_model_state_dict(model, sd)
+        try:
+            res = set_peft_model_state_dict(model, sd)
+        except RuntimeError as e:  # torch's "size mismatch for ..." list: a checkpoint of another model
+            first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln),
+                         str(e).splitlines()[0] if str(e) else type(e).__name__)
+            raise ValueError(f"checkpoint {ckpt_dir} is from a different model: its adapter tensors do not fit "
+                             f"this one ({first[:300]}); resume with the student and LoRA settings it was "
+                             "written with (student.name_or_path, student.lora), or start a fresh run") from None
         unexpected = list(getattr(res, "unexpected_keys", []) or [])
         if unexpected:
             raise ValueError(f"checkpoint {ckpt_dir}: {len(unexpected)} adapter tensors do not fit "
@@ -135,12 +142,31 @@ def load_weights(model: torch.nn.Module, ckpt_dir: Path) -> None:
         if missing or extra:
             raise ValueError(f"checkpoint {ckpt_dir}: trainable parameters do not match this model "
                              f"(missing {missing[:3]}, unexpected {extra[:3]})")
+        shapes = [f"{n}: {tuple(v.shape)} in the checkpoint, {tuple(params[n].shape)} here"
+                  for n, v in sd.items() if tuple(v.shape) != tuple(params[n].shape)]
+        if shapes:
+            raise ValueError(f"checkpoint {ckpt_dir} is from a different model: {len(shapes)} tensors have other "
+                             f"shapes (first: {shapes[0]}); resume with the student it was written with "
+                             "(student.name_or_path), or start a fresh run")
         with torch.no_grad():
             for n, v in sd.items():
                 params[n].copy_(v)
 
 
 # --------------------------------------------------------------------------- save / load
+def _torch_load(path: Path, **kw: Any) -> Any:
+    """``torch.load(weights_only=True)``: a file that holds pickled code is refused clearly."""
+    import pickle
+
+    try:
+        return torch.load(path, weights_only=True, **kw)
+    except pickle.UnpicklingError as e:
+        why = next((ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln), type(e).__name__)
+        raise ValueError(f"refused to load {path}: it holds more than tensors ({why}); mmtune loads checkpoint "
+                         "files with torch.load(weights_only=True) and never runs pickled code. Was it written "
+                         "by mmtune? Start a fresh run, or resume from a checkpoint mmtune wrote") from None
+
+
 def _rng_names(rank: int) -> tuple[str, str]:
     return ("rng.pt", "rng.json") if rank == 0 else (f"rng_rank{rank}.pt", f"rng_rank{rank}.json")
 
@@ -201,18 +227,18 @@ def load_checkpoint(ckpt_dir: str | Path, *, model: torch.nn.Module, optimizer: 
     d = Path(ckpt_dir)
     state = read_state(d)
     load_weights(model, d)
-    optimizer.load_state_dict(torch.load(d / "optimizer.pt", map_location="cpu", weights_only=True))
+    optimizer.load_state_dict(_torch_load(d / "optimizer.pt", map_location="cpu"))
     schedule.load_state_dict(json.loads((d / "schedule.json").read_text()))
     if regularizer is not None and (d / "regularizer.pt").is_file():
         device = next(_unwrap(model).parameters()).device
-        rs = torch.load(d / "regularizer.pt", map_location=device, weights_only=True)
+        rs = _torch_load(d / "regularizer.pt", map_location=device)
         regularizer.load_state_dict(rs)
     if restore_rng:
         rng_pt, rng_js = _rng_names(rank)
         if not (d / rng_pt).is_file():
             raise FileNotFoundError(f"checkpoint {d} has no RNG state for worker rank {rank} ({rng_pt}); "
                                     "was it written with a different number of workers?")
-        set_rng_state(torch.load(d / rng_pt, weights_only=True), json.loads((d / rng_js).read_text()))
+        set_rng_state(_torch_load(d / rng_pt), json.loads((d / rng_js).read_text()))
     return state
 
 
