@@ -195,6 +195,7 @@ class ServeSettings(_Section):
     num_cpus_per_replica: float = Field(1.0, gt=0)
     max_items_per_request: int = Field(256, ge=1, description="larger HTTP requests are refused with 413")
     max_text_chars: int = Field(16384, ge=64, description="longer texts in a request are refused with 422")
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="larger HTTP request bodies are refused with 413")
     app_name: str = Field("mmtune-teacher", min_length=1)
     route_prefix: str = Field("/", description="HTTP route prefix of the app")
 

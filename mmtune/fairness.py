@@ -59,9 +59,11 @@ class SelectionView:
         """The targets' own validation samples: the oracle arm trains on them (an upper bound)."""
         return [x for f in self.val_files() for x in pq.read_table(f, columns=["id"]).column("id").to_pylist()]
 
-    def val_instructions(self) -> list[str]:
-        return [q for ps in self._val.values() for f in ps
-                for q in pq.read_table(f, columns=["instruction"]).column("instruction").to_pylist()]
+    def val_instructions(self, with_targets: bool = False) -> list[str] | list[tuple[str, str]]:
+        """The targets' val instructions (with ``with_targets``: as (target, instruction))."""
+        out = [(t, q) for t, ps in self._val.items() for f in ps
+               for q in pq.read_table(f, columns=["instruction"]).column("instruction").to_pylist()]
+        return out if with_targets else [q for _, q in out]
 
     def diagnosis_rows(self) -> list[dict[str, Any]]:
         if self._diag is None:

@@ -294,7 +294,9 @@ class Pipeline:
 
                 vindex, bm25 = load_corpus_index(self.index_dir)
                 if rc.method == "instruction_similarity":
-                    s = sel.select_instruction_similarity(view.val_instructions(), budget, vindex, embed_fn=TextEmbedder(rc.embedder),
+                    pairs = view.val_instructions(with_targets=True)  # every target its share
+                    qs = sel.interleave([q for _, q in pairs], [t for t, _ in pairs])
+                    s = sel.select_instruction_similarity(qs, budget, vindex, embed_fn=TextEmbedder(rc.embedder),
                                                           round=r, exclude_ids=taken)
                 else:
                     qs = queries(view.diagnosis_rows(), rc.query)
@@ -393,19 +395,26 @@ class Pipeline:
 
 def queries(diagnosis: list[dict[str, Any]], query: str) -> list[str]:
     """What dense/bm25 retrieve with, one per diagnosed error: the missing-skill phrase, or
-    (the 'no skill analysis' ablation) the text of the step the teacher located."""
-    out = []
+    (the 'no skill analysis' ablation) the text of the step the teacher located;
+    interleaved (:func:`mmtune.retrieval.select.interleave`)."""
+    from mmtune.retrieval.select import interleave
+
+    out, keys = [], []
     for d in diagnosis:
         if d["status"] != "ok":
             continue
         if query == "skill":
             if d["missing_skill"]:
                 out.append(d["missing_skill"])
+                keys.append(d["missing_skill"])
         else:
             k, steps = d.get("mistake_step"), d.get("student_steps") or []
             if k and 1 <= k <= len(steps) and steps[k - 1].strip():
                 out.append(steps[k - 1])
-    return out
+                keys.append(str(d.get("task", "")))
+    # Each missing skill (each target, for step texts) gets a share of the budget in
+    # proportion to its errors, whatever order the diagnosis lists them in.
+    return interleave(out, keys)
 
 
 def summary_table(summary: dict[str, Any]) -> str:

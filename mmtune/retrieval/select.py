@@ -173,6 +173,30 @@ class _Retriever:
                 s.exhausted = len(row_ids) < k or (self.cap is not None and k >= self.cap)
 
 
+def interleave(items: Sequence[Any], keys: Sequence[str]) -> list[Any]:
+    """``items`` reordered so that any prefix holds each key's items in proportion to its
+    count (the j-th item of a key with n items sorts at (j + 0.5) / n; ties keep the keys'
+    first-seen order), each key's items in their given order. [ours]
+
+    :func:`select` serves queries *in order*: when there are more queries than budget (a
+    round with 484 diagnosed errors and a budget of 210), the first queries in the file
+    would take everything. Interleaving gives each missing skill (or target) its share of
+    the budget, proportional to its errors: the paper's top-k per error, scaled down."""
+    if len(items) != len(keys):
+        raise ValueError(f"interleave: {len(items)} items but {len(keys)} keys")
+    count: dict[str, int] = {}
+    for k in keys:
+        count[k] = count.get(k, 0) + 1
+    first = {k: i for i, k in reversed(list(enumerate(keys)))}
+    seen: dict[str, int] = {}
+    ranked = []
+    for i, (item, k) in enumerate(zip(items, keys)):
+        j = seen.get(k, 0)
+        seen[k] = j + 1
+        ranked.append(((j + 0.5) / count[k], first[k], i, item))
+    return [r[3] for r in sorted(ranked)]
+
+
 def select(queries: Sequence[str] | np.ndarray, budget: int, searcher: Any, *, round: int = 0,
            method: str = "dense", exclude_ids: Iterable[str] = (), k_max: int | None = None,
            embed_fn: Callable[[list[str]], Any] | None = None, query_texts: Sequence[str] | None = None,

@@ -250,3 +250,24 @@ def test_matches_the_reference_rule_on_random_overlapping_rankings(seed):
     want = reference(list(lists.values()), budget, exclude)
     assert ids(sel) == want
     assert sel.shortfall == budget - len(want)
+
+
+def test_interleave_gives_each_key_its_share_of_any_prefix():
+    from mmtune.retrieval.select import interleave
+
+    keys = ["digit"] * 6 + ["count"] * 3 + ["parity"]  # in diagnosis-file order
+    out = interleave(list(range(10)), keys)
+    assert sorted(out) == list(range(10))
+    first5 = [keys[i] for i in out[:5]]
+    assert first5.count("digit") == 3 and first5.count("count") == 2  # ~ 6:3:1 of 5, not the first five digits
+    assert [i for i in out if keys[i] == "digit"] == list(range(6))  # each key keeps its order
+    with pytest.raises(ValueError, match="keys"):
+        interleave([1, 2], ["a"])
+
+
+def test_queries_are_interleaved_by_skill():
+    from mmtune.pipeline import queries
+
+    rows = [{"status": "ok", "missing_skill": s, "mistake_step": 1, "student_steps": ["x"]}
+            for s in ["locating"] * 4 + ["digits"] * 4]
+    assert queries(rows, "skill")[:2] == ["locating", "digits"]
