@@ -2,17 +2,26 @@
 
 ``embed_corpus(cfg, files, out_dir)`` runs, over the corpus files not yet embedded:
 
-1. **read + choose content** (``ray.data.read_parquet`` with only the columns needed, then
-   ``map_batches``): each row's text by ``retrieval.text`` (:func:`~mmtune.retrieval.embed.text_of`)
-   and a content key. Rows without usable content (no id, no skills annotated, empty
-   text, no image) are quarantined with a reason, counted and written, never dropped;
+1. **read + choose content**: one Ray Data task per (file, row group) reads only the
+   columns needed and picks each row's text by ``retrieval.text``
+   (:func:`~mmtune.retrieval.embed.text_of`) and a content key. Rows without usable content
+   (no id, no skills annotated, empty text, no image) are quarantined with a reason,
+   counted and written, never dropped. So are rows the read itself fails on: a row group
+   that does not decode (a damaged page) and a value that does not convert (text that is
+   not UTF-8) quarantine their rows, by id, instead of failing the task and the job
+   (:mod:`mmtune.data.salvage`). Footers are read first, on the driver: a truncated file
+   or a missing column is a clear error before any task runs;
 2. **de-duplicate**: identical content is embedded once. Keys already embedded by an
    earlier run (the content cache) are skipped too;
 3. **embed** the unique contents in an actor pool (``ActorPoolStrategy``): one actor per
    GPU with ``num_gpus`` and fp16 when the cluster has GPUs, else CPU actors sized from
-   the cluster's CPUs, unless ``retrieval.embed_actors`` sets the pool;
-4. **write** ``embeddings/part-*.parquet`` (``id``, ``vector``) for the new files, and the
-   texts (``texts/part-*.parquet``: ``id``, ``text``) that BM25 indexes.
+   the cluster's CPUs, unless ``retrieval.embed_actors`` sets the pool. A batch the model
+   raises on is retried item by item; the rows of a content that still fails are
+   quarantined with the error (most contents failing is an error: the embedder's, not
+   the data's);
+4. **write** ``embeddings/part-*.parquet`` (``id``, ``vector``) for the new files, in file
+   and row order whatever order the tasks finished in, and the texts
+   (``texts/part-*.parquet``: ``id``, ``text``) that BM25 indexes.
 
 ``manifest.json`` records the embedder, the content mode and, per input file, its size,
 mtime, rows, quarantined rows and output shard. A rerun with the same corpus and embedder
@@ -32,9 +41,10 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -42,6 +52,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mmtune.config import RunConfig
+from mmtune.data.readers import open_parquet
+from mmtune.data.salvage import decode_rows, each_or_reason, read_row_group, safe_value
+from mmtune.data.validate import reason_category
 from mmtune.retrieval.embed import content_key, text_of
 
 MANIFEST = "manifest.json"
@@ -85,15 +98,31 @@ def _columns(mode: str, available: Sequence[str]) -> list[str]:
     return need
 
 
+def _content_table(ids: list, keys: list, texts: list, blobs: list, reasons: list) -> pa.Table:
+    return pa.table({"id": pa.array(ids, pa.string()), "key": pa.array(keys, pa.string()),
+                     "text": pa.array(texts, pa.string()), "blob": pa.array(blobs, pa.binary()),
+                     "reason": pa.array(reasons, pa.string())})
+
+
 def content_batch(batch: pa.Table, mode: str) -> pa.Table:
-    """Per row: id, key, text (or blob for images), reason (null when usable)."""
-    rows = batch.to_pylist()
+    """Per row: id, key, text (or blob for images), reason (null when usable).
+
+    A row whose values do not decode (text that is not UTF-8, say) gets its reason rather
+    than failing the batch, and with it the Ray Data task (:func:`decode_rows`)."""
     ids, keys, texts, blobs, reasons = [], [], [], [], []
-    for r in rows:
-        rid = r.get("id")
-        c = text_of(r, mode)
-        reason = None
-        if rid is None or str(rid) == "":
+    for i, r in enumerate(decode_rows(batch)):
+        c, reason = None, None
+        if isinstance(r, str):  # the row did not decode: r is why
+            rid, reason = safe_value(batch, "id", i), r
+        else:
+            rid = r.get("id")
+            try:
+                c = text_of(r, mode)
+            except Exception as e:  # noqa: BLE001 - a value of an unexpected type: this row only
+                reason = f"no usable content: {type(e).__name__}: {str(e)[:300]}; fix the row, or drop it"
+        if reason is not None:
+            pass
+        elif rid is None or str(rid) == "":
             reason = "missing id"
         elif c is None:
             reason = {"skills": "no skills annotated (run the teacher's annotation, or set retrieval.text)",
@@ -103,9 +132,47 @@ def content_batch(batch: pa.Table, mode: str) -> pa.Table:
         texts.append(c if reason is None and isinstance(c, str) else None)
         blobs.append(c if reason is None and isinstance(c, bytes) else None)
         reasons.append(reason)
-    return pa.table({"id": pa.array(ids, pa.string()), "key": pa.array(keys, pa.string()),
-                     "text": pa.array(texts, pa.string()), "blob": pa.array(blobs, pa.binary()),
-                     "reason": pa.array(reasons, pa.string())})
+    return _content_table(ids, keys, texts, blobs, reasons)
+
+
+def read_units(files: Sequence[str], mode: str) -> list[dict[str, Any]]:
+    """The corpus as units of work, one per (file, row group), for the read tasks.
+
+    Every file's footer is read here, on the driver, before any task runs: a truncated file
+    (no footer) or one without the columns ``mode`` needs is a clear error naming the file
+    and the fix, as in the importer, rather than a failed task."""
+    units = []
+    for fi, f in enumerate(files):
+        pf = open_parquet(Path(f))
+        try:
+            _columns(mode, pf.schema_arrow.names)
+        except ValueError as e:
+            raise ValueError(f"{f}: {e}") from None
+        first = 0
+        md = pf.metadata
+        for g in range(md.num_row_groups):
+            n = md.row_group(g).num_rows
+            if n:
+                units.append({"path": f, "file": fi, "row_group": g, "first": first, "rows": n})
+            first += n
+    return units
+
+
+def unit_contents(unit: Mapping[str, Any], mode: str) -> pa.Table:
+    """Content rows (:func:`content_batch`, plus ``path``, ``file`` and ``row``) of one row
+    group. A row group that does not decode (a damaged page) is not an error: each of its
+    rows becomes a quarantine row with the reason, by id where the ids still read."""
+    pf = pq.ParquetFile(unit["path"])
+    first, n = int(unit["first"]), int(unit["rows"])
+    table, reason, ids = read_row_group(pf, int(unit["row_group"]), _columns(mode, pf.schema_arrow.names))
+    if table is not None:
+        out = content_batch(table, mode)
+    else:
+        none = [None] * n
+        out = _content_table([None if i is None else str(i) for i in ids], none, none, none, [reason] * n)
+    return (out.append_column("path", pa.array([str(unit["path"])] * n, pa.string()))
+            .append_column("file", pa.array([int(unit["file"])] * n, pa.int64()))
+            .append_column("row", pa.array(range(first, first + n), pa.int64())))
 
 
 class EmbedActor:
@@ -119,9 +186,26 @@ class EmbedActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         contents = list(batch["blob"] if self.mode == "image" else batch["text"])
-        vecs = self.embedder([bytes(c) for c in contents] if self.mode == "image" else [str(c) for c in contents])
+        items = [bytes(c) for c in contents] if self.mode == "image" else [str(c) for c in contents]
+        # A content the model cannot take (bytes that are no image) must not fail the task and
+        # the whole job: the batch is retried item by item, a failing item keeps its error.
+        vecs, errors = each_or_reason(self.embedder, items)
+        dim = int(getattr(self.embedder, "dim", 0) or next((len(v) for v in vecs if v is not None), 0))
+        out = np.stack([np.asarray(v, np.float32) if v is not None else np.zeros(dim, np.float32) for v in vecs]) \
+            if vecs else np.zeros((0, dim), np.float32)
         # the actor's pid travels with its output, so the report can say how many worked
-        return {"key": batch["key"], "vector": vecs, "actor_pid": np.full(len(vecs), os.getpid())}
+        return {"key": batch["key"], "vector": out, "error": np.array([e or "" for e in errors], dtype=object),
+                "actor_pid": np.full(len(out), os.getpid())}
+
+
+def _reasons(table: pa.Table) -> dict[str, int]:
+    """Quarantined rows by reason category (the text before the first colon), so that
+    per-row details (which byte, which row group) do not make one entry each."""
+    out: dict[str, int] = {}
+    for r in table.column("reason").drop_null().to_pylist():
+        c = reason_category(r)
+        out[c] = out.get(c, 0) + 1
+    return out
 
 
 def content_blocks(table: pa.Table, rows_per_block: int) -> list[pa.Table]:
@@ -201,36 +285,25 @@ def embed_corpus(cfg: RunConfig, files: Sequence[str], out_dir: str | Path, *, r
         return report
 
     t0 = time.time()
-    cols = _columns(rc.text, pq.read_schema(new[0]).names)
-    progress(f"[index] reading {len(new)} file(s), content: {rc.text}")
-    ds = ray.data.read_parquet(new, include_paths=True).select_columns([*cols, "path"])
-    contents = ds.map_batches(
-        lambda b: content_batch(b, rc.text).append_column("path", b.column("path")),
-        batch_format="pyarrow", batch_size=4096).materialize()
-    table = pa.concat_tables(list(contents.iter_batches(batch_format="pyarrow", batch_size=None))) \
-        if contents.count() else None
-    if table is None:
+    units = read_units(new, rc.text)  # footers and columns checked here: clear errors, before any task
+    progress(f"[index] reading {len(new)} file(s) ({len(units)} row group(s)), content: {rc.text}")
+    # One task per row group, reading it itself (not ray.data.read_parquet): a row group that
+    # does not decode, or a row whose text is not UTF-8, is quarantined by that task with its
+    # reason instead of failing the task and the job (mmtune/data/salvage.py).
+    mode = rc.text
+    contents = ray.data.from_items(units, override_num_blocks=max(1, len(units))).map_batches(
+        lambda b: pa.concat_tables([unit_contents(u, mode) for u in b.to_pylist()]),
+        batch_format="pyarrow", batch_size=1).materialize()
+    parts = list(contents.iter_batches(batch_format="pyarrow", batch_size=None))
+    if not parts or not sum(p.num_rows for p in parts):
         raise ValueError(f"no rows in {new}")
+    # Tasks finish in any order: sort to (file, row) so shards are the same on every run.
+    table = pa.concat_tables(parts).sort_by([("file", "ascending"), ("row", "ascending")])
     report.rows = table.num_rows
 
-    # quarantine: counted by reason, written beside the embeddings
-    bad_mask = table.column("reason").is_valid()
-    bad = table.filter(bad_mask)
-    good = table.filter(pc.invert(bad_mask))
-    report.quarantined = bad.num_rows
-    for r in bad.column("reason").to_pylist():
-        report.reasons[r] = report.reasons.get(r, 0) + 1
-    shard = int(man["shards"])
-    if bad.num_rows:
-        qdir = out / "quarantine"
-        qdir.mkdir(exist_ok=True)
-        pq.write_table(pa.table({"id": bad.column("id"), "source_file": bad.column("path"),
-                                 "reason": bad.column("reason")}, schema=QUARANTINE_SCHEMA),
-                       qdir / f"part-{shard:05d}.parquet")
-        progress(f"[index] quarantined {bad.num_rows} row(s): "
-                 + ", ".join(f"{k} ×{v}" for k, v in sorted(report.reasons.items())))
+    good = table.filter(pc.invert(table.column("reason").is_valid()))
     if good.num_rows == 0:
-        raise ValueError(f"every row of {len(new)} file(s) was quarantined ({report.reasons}); nothing to embed. "
+        raise ValueError(f"every row of {len(new)} file(s) was quarantined ({_reasons(table)}); nothing to embed. "
                          "For retrieval.text=skills annotate the corpus first, or set retrieval.text=instruction")
     dup = len(set(good.column("id").to_pylist())) != good.num_rows
     prior_ids = set()
@@ -243,6 +316,7 @@ def embed_corpus(cfg: RunConfig, files: Sequence[str], out_dir: str | Path, *, r
                          + "; ids must be unique corpus-wide (re-import with distinct ids)")
 
     # de-duplicate contents, skipping those embedded by earlier runs
+    shard = int(man["shards"])
     cache = _load_cache(out)
     keys = good.column("key").to_pylist()
     uniq: dict[str, int] = {}
@@ -252,10 +326,11 @@ def embed_corpus(cfg: RunConfig, files: Sequence[str], out_dir: str | Path, *, r
     todo = [i for k, i in uniq.items() if k not in cache]
     report.unique_contents = len(uniq)
     report.embedded = len(todo)
+    failed: dict[str, str] = {}  # content key -> why the embedder failed on it
     if todo:
         n_actors, gpus = _actor_plan(cfg)
         progress(f"[index] embedding {len(todo)} distinct content(s) of {good.num_rows} rows with "
-                 f"{rc.embedder} on {n_actors} actor(s){' × %g GPU' % gpus if gpus else ' (CPU)'}")
+                 f"{rc.embedder} on {n_actors} actor(s){f' × {gpus:g} GPU' if gpus else ' (CPU)'}")
         todo_table = good.take(pa.array(todo)).select(["key", "text", "blob"])
         # One Arrow table is one block, and one block feeds one actor: cut the contents into
         # batch-sized blocks so every actor of the pool works and output streams early.
@@ -266,18 +341,53 @@ def embed_corpus(cfg: RunConfig, files: Sequence[str], out_dir: str | Path, *, r
             compute=ray.data.ActorPoolStrategy(size=n_actors), num_gpus=gpus or None, num_cpus=1)
         got_keys, got_vecs, pids = [], [], set()
         for b in vecs_ds.iter_batches(batch_format="numpy", batch_size=None):
-            got_keys.extend(str(k) for k in b["key"])
-            got_vecs.append(np.asarray(b["vector"], dtype=np.float32))
+            ok = np.array([not e for e in b["error"]], dtype=bool)
+            failed.update((str(k), str(e)) for k, e in zip(b["key"], b["error"]) if e)
+            got_keys.extend(str(k) for k in b["key"][ok])
+            got_vecs.append(np.asarray(b["vector"], dtype=np.float32)[ok])
             pids.update(int(p) for p in b["actor_pid"])
         report.actors_used = len(pids)
-        vecs = np.concatenate(got_vecs)
-        dim = vecs.shape[1]
-        if man["dim"] not in (None, dim):
-            raise ValueError(f"embedder returned dimension {dim}, earlier shards have {man['dim']}; --rebuild")
-        man["dim"] = report.dim = dim
-        (out / "cache").mkdir(exist_ok=True)
-        pq.write_table(_vector_table(got_keys, vecs, "key", dim), out / "cache" / f"part-{shard:05d}.parquet")
-        cache.update(zip(got_keys, vecs))
+        if failed and len(failed) * 2 > len(todo):
+            # Most contents failing is the embedder's fault (out of memory, a broken model),
+            # not the data's: quarantining the corpus would hide it.
+            raise RuntimeError(f"the embedder {rc.embedder} failed on {len(failed)} of {len(todo)} contents, e.g. "
+                               f"{next(iter(failed.values()))}; that is a problem of the embedder or the machine, "
+                               "not of a few rows: fix it and re-run")
+        if got_vecs and got_keys:
+            vecs = np.concatenate(got_vecs)
+            dim = vecs.shape[1]
+            if man["dim"] not in (None, dim):
+                raise ValueError(f"embedder returned dimension {dim}, earlier shards have {man['dim']}; --rebuild")
+            man["dim"] = report.dim = dim
+            (out / "cache").mkdir(exist_ok=True)
+            pq.write_table(_vector_table(got_keys, vecs, "key", dim), out / "cache" / f"part-{shard:05d}.parquet")
+            cache.update(zip(got_keys, vecs))
+        report.embedded = len(got_keys)
+    if failed:  # rows whose content the embedder could not take: quarantined, with its error
+        why = [None if r is not None or k not in failed else
+               f"embedder failed: {failed[k]}; fix or drop the row (the other rows were embedded)"
+               for k, r in zip(table.column("key").to_pylist(), table.column("reason").to_pylist())]
+        merged = pc.coalesce(table.column("reason"), pa.array(why, pa.string()))
+        table = table.set_column(table.schema.get_field_index("reason"), "reason", merged)
+        good = table.filter(pc.invert(table.column("reason").is_valid()))
+        keys = good.column("key").to_pylist()
+        if good.num_rows == 0:
+            raise ValueError(f"every row of {len(new)} file(s) was quarantined ({_reasons(table)}); nothing to embed")
+
+    # quarantine: written beside the embeddings, counted by reason category, reported
+    bad = table.filter(table.column("reason").is_valid())
+    report.quarantined = bad.num_rows
+    report.reasons = _reasons(table)
+    if bad.num_rows:
+        qdir = out / "quarantine"
+        qdir.mkdir(exist_ok=True)
+        pq.write_table(pa.table({"id": bad.column("id"), "source_file": bad.column("path"),
+                                 "reason": bad.column("reason")}, schema=QUARANTINE_SCHEMA),
+                       qdir / f"part-{shard:05d}.parquet")
+        progress(f"[index] quarantined {bad.num_rows} row(s) (written to {qdir}): "
+                 + ", ".join(f"{k} ×{v}" for k, v in sorted(report.reasons.items())))
+    if man["dim"] is None:
+        raise ValueError("no content was embedded and no earlier shard gives the embedding dimension")
     dim = int(man["dim"])
     report.dim = dim
 
