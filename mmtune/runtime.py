@@ -6,6 +6,7 @@ arguments and assume the entry point has connected.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -44,3 +45,22 @@ def init_ray(cfg: RayConfig) -> dict[str, float]:
     res = ray.cluster_resources()
     log.info("ray: %s CPUs, %s GPUs", res.get("CPU", 0), res.get("GPU", 0))
     return res
+
+
+def job_working_dir() -> str | None:
+    """The directory this process runs in when it is the driver of a Ray job submitted with
+    a ``working_dir`` (``ray job submit --runtime-env``/``--working-dir``); None otherwise.
+
+    That directory is Ray's temporary copy of the uploaded code: one per code version under
+    the head's session directory, garbage-collected once no job uses it. A relative output
+    path resolves into it and is lost. The job supervisor describes the job's runtime_env to
+    the driver in ``RAY_JOB_CONFIG_JSON_ENV_VAR`` and starts it in the copy.
+    """
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return None
+    try:
+        runtime_env = json.loads(raw).get("runtime_env") or {}
+    except (ValueError, AttributeError):
+        return None
+    return os.getcwd() if runtime_env.get("working_dir") else None

@@ -9,7 +9,7 @@ GPU in fp16 (``retrieval.embed_gpus_per_actor``).
 
 import sys
 
-from mmtune.cli import main
+from ray_jobs._job import run_cli
 
 if __name__ == "__main__":
-    sys.exit(main(["index", *sys.argv[1:]]))
+    sys.exit(run_cli(["index"]))

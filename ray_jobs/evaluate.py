@@ -2,7 +2,7 @@
 
 import sys
 
-from mmtune.cli import main
+from ray_jobs._job import run_cli
 
 if __name__ == "__main__":
-    sys.exit(main(["evaluate", *sys.argv[1:]]))
+    sys.exit(run_cli(["evaluate"]))

@@ -8,7 +8,7 @@ Same arguments as ``mmtune run``; inside a job, Ray connects to the job's cluste
 
 import sys
 
-from mmtune.cli import main
+from ray_jobs._job import run_cli
 
 if __name__ == "__main__":
-    sys.exit(main(["run", *sys.argv[1:]]))
+    sys.exit(run_cli(["run"]))

@@ -12,11 +12,11 @@ Writes ``best_config.yaml`` and the trial table under ``--out`` (default
 
 import sys
 
-from mmtune.cli import main as cli_main
+from ray_jobs._job import run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli_main(["search", *(sys.argv[1:] if argv is None else argv)])
+    return run_cli(["search"], argv)
 
 
 if __name__ == "__main__":

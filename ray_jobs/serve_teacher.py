@@ -11,9 +11,10 @@ Same as ``mmtune teacher serve``: the app binds to ``teacher.host``:``teacher.po
 import argparse
 import sys
 
-from mmtune.config import load_config
+from mmtune.config import ConfigError, load_config
 from mmtune.runtime import init_ray
 from mmtune.teacher.serve import start_teacher
+from ray_jobs._job import check_output_paths
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default=None, help="run config YAML (default: the built-in defaults)")
     ap.add_argument("overrides", nargs="*", help="KEY=VALUE overrides, e.g. teacher.port=8001")
     args = ap.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        check_output_paths(cfg, fields=("run.cache_dir",))  # the built-in teacher is trained into the cache
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     init_ray(cfg.ray)
     start_teacher(cfg, blocking=True)
     return 0
