@@ -21,14 +21,16 @@ parquet    Sample-schema parquet (missing optional columns filled), or a
 from __future__ import annotations
 
 import glob
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mmtune.data.jsonstream import iter_json_lines, iter_json_values
 from mmtune.data.records import ReadResult, SourceFile, convert_record, quarantined
+from mmtune.data.salvage import decode_rows, row_group_reason
 from mmtune.data.writer import QUARANTINE_FILE, REPORT_FILE
 
 __all__ = ["FORMATS", "ReadResult", "iter_chunks", "iter_samples", "open_parquet", "resolve_inputs"]
@@ -108,12 +110,25 @@ def _check_parquet(path: Path) -> pq.ParquetFile:
 
 
 def _iter_parquet(path: Path, chunk_rows: int) -> Iterator[tuple[int, Any, str | None]]:
+    """Row group by row group, so damage stays local: a row group whose pages do not
+    decode quarantines its (remaining) rows, a value that does not convert (text that is
+    not UTF-8) quarantines its row, and the rest of the file still imports
+    (:mod:`mmtune.data.salvage`)."""
     pf = _check_parquet(path)
+    md = pf.metadata
     row = 0
-    for batch in pf.iter_batches(batch_size=chunk_rows):
-        for rec in batch.to_pylist():
-            yield row, rec, None
-            row += 1
+    for g in range(md.num_row_groups):
+        first, n = row, md.row_group(g).num_rows
+        try:
+            for batch in pf.iter_batches(batch_size=chunk_rows, row_groups=[g]):
+                for rec in decode_rows(batch):
+                    yield (row, None, rec) if isinstance(rec, str) else (row, rec, None)
+                    row += 1
+        except (pa.ArrowException, OSError) as e:
+            reason = row_group_reason(g, md.num_row_groups, first, n, e)
+            for _ in range(first + n - row):
+                yield row, None, reason
+                row += 1
 
 
 def _iter_raw(path: Path, fmt: str, chunk_rows: int) -> Iterator[tuple[int, Any, str | None]]:

@@ -83,6 +83,12 @@ def safe_value(batch: pa.Table | pa.RecordBatch, column: str, i: int) -> Any:
         return None
 
 
+def row_group_reason(g: int, groups: int, first: int, n: int, e: BaseException) -> str:
+    """Why the rows ``first .. first + n - 1`` of row group ``g`` (0-based) were not read."""
+    return (f"unreadable row group: row group {g + 1} of {groups} (rows {first}-{first + n - 1}) "
+            f"does not decode ({_exc(e)}); {REEXPORT}")
+
+
 def read_row_group(pf: pq.ParquetFile, g: int, columns: Sequence[str] | None = None,
                    ) -> tuple[pa.Table | None, str | None, list[Any]]:
     """Row group ``g`` of an open parquet file: ``(table, None, [])`` when it reads, else
@@ -98,9 +104,7 @@ def read_row_group(pf: pq.ParquetFile, g: int, columns: Sequence[str] | None = N
         if "id" in pf.schema_arrow.names:
             with contextlib.suppress(Exception):  # the ids are damaged too: rows by position only
                 ids = pf.read_row_group(g, columns=["id"]).column("id").to_pylist()
-        reason = (f"unreadable row group: row group {g + 1} of {md.num_row_groups} "
-                  f"(rows {first}-{first + n - 1}) does not decode ({_exc(e)}); {REEXPORT}")
-        return None, reason, ids
+        return None, row_group_reason(g, md.num_row_groups, first, n, e), ids
 
 
 def row_groups(path: str | Path, columns: Sequence[str] | None = None,
@@ -135,4 +139,4 @@ def each_or_reason(fn: Callable[[list[T]], Sequence[R]], items: Sequence[T]) -> 
         return results, reasons
 
 
-__all__ = ["REEXPORT", "decode_rows", "each_or_reason", "read_row_group", "row_groups", "safe_value", "value_reason"]
+__all__ = ["REEXPORT", "decode_rows", "each_or_reason", "read_row_group", "row_group_reason", "row_groups", "safe_value", "value_reason"]

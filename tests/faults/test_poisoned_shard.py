@@ -96,6 +96,20 @@ def test_index_units_quarantine_and_keep_the_rest(tmp_path):
         read_units([str(p.files[0]), str(tmp_path / "w.parquet")], "instruction")
 
 
+def test_import_of_the_poisoned_shard_quarantines_and_keeps_the_rest(tmp_path):
+    """`mmtune data import` streams parquet with the same salvage: no bare traceback."""
+    from mmtune.data.importer import import_dataset
+
+    p = poisoned_corpus(tmp_path / "c")
+    rep = import_dataset(p.poisoned, "auto", tmp_path / "out", progress=None)
+    q = pq.read_table(rep.quarantine_path).to_pylist()
+    assert (rep.total, rep.written, rep.quarantined) == (20, 8, 12)  # none lost
+    assert Counter(reason_category(r["reason"]) for r in q) == Counter(p.bad_ids.values())
+    assert sorted(r["row"] for r in q) == [*range(10), 13, 17]
+    written = pq.read_table(rep.shards[0]).column("id").to_pylist()
+    assert sorted(written) == sorted(i for i in p.good_ids if i.startswith("p-"))
+
+
 def test_embedder_failure_quarantines_only_that_content(tmp_path):
     """Bytes that are no image make the CLIP embedder raise inside the actor; the batch is
     retried item by item and only that content comes back with an error."""
