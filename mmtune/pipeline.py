@@ -82,18 +82,22 @@ class RoundResult:
 
 def _materialise(corpus_files: list[str], ids: list[str], out: Path) -> Path:
     """The selected rows of the corpus as one parquet file, in selection order."""
+    from mmtune.data.salvage import row_groups
+
     want = pa.array(ids, pa.string())
     parts = []
     for f in corpus_files:
-        t = pq.read_table(f)
-        parts.append(t.filter(pc.is_in(t.column("id"), value_set=want)))
+        # Row group by row group: one that does not decode had its rows quarantined by the
+        # index build (never selected), and must not fail the round (mmtune/data/salvage.py).
+        parts += [t.filter(pc.is_in(t.column("id"), value_set=want)) for _, t, _, _ in row_groups(f) if t is not None]
     table = pa.concat_tables(parts)
     order = {x: i for i, x in enumerate(ids)}
-    table = table.take(pa.array(sorted(range(table.num_rows), key=lambda i: order[table.column("id")[i].as_py()])))
+    table = table.take(pa.array(sorted(range(table.num_rows), key=lambda i: order[table.column("id")[i].as_py()]),
+                                pa.int64()))
     missing = len(set(ids)) - table.num_rows
     if missing:
-        raise ValueError(f"{missing} selected ids are not in the corpus files; the index is stale — "
-                         "rebuild it (delete its cache directory)")
+        raise ValueError(f"{missing} selected ids are not in the corpus files (or lie in a row group that does "
+                         "not decode); the index is stale — rebuild it (delete its cache directory)")
     out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, out)
     return out

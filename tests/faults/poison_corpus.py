@@ -38,7 +38,8 @@ def write_shard(path: Path, rows: list[dict], *, not_utf8: set[int] = frozenset(
         raw = [(b"caf\xe9 \xff\xfe " + r["instruction"].encode()) if i in not_utf8 else r["instruction"].encode()
                for i, r in enumerate(rows)]
         col = pa.array(raw, pa.binary()).view(pa.string())  # no validation: what a careless writer leaves
-        table = table.set_column(table.schema.get_field_index("instruction"), "instruction", col)
+        i = table.schema.get_field_index("instruction")
+        table = table.set_column(i, table.schema.field(i), col)  # same field (not null), only bad bytes
     pq.write_table(table, path, row_group_size=row_group_size)
     return path
 

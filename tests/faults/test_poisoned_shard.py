@@ -110,6 +110,19 @@ def test_import_of_the_poisoned_shard_quarantines_and_keeps_the_rest(tmp_path):
     assert sorted(written) == sorted(i for i in p.good_ids if i.startswith("p-"))
 
 
+def test_a_round_reads_the_selection_around_the_damage(tmp_path):
+    """The train stage materialises the selected rows from the corpus files: the damaged
+    row group (whose rows the index quarantined, so never selected) must not fail it."""
+    from mmtune.pipeline import _materialise
+
+    p = poisoned_corpus(tmp_path / "c")
+    ids = ["p-012", "g1-005", "p-019"]
+    out = _materialise([str(f) for f in p.files], ids, tmp_path / "train_data.parquet")
+    assert pq.read_table(out).column("id").to_pylist() == ids
+    with pytest.raises(ValueError, match="row group that does not decode"):
+        _materialise([str(f) for f in p.files], ["p-003"], tmp_path / "x.parquet")
+
+
 def test_embedder_failure_quarantines_only_that_content(tmp_path):
     """Bytes that are no image make the CLIP embedder raise inside the actor; the batch is
     retried item by item and only that content comes back with an error."""
