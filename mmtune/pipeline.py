@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 
 from mmtune.config import RunConfig, config_hash
 from mmtune.fairness import SelectionView
+from mmtune.metrics import PipelineMetrics
 from mmtune.rundir import RunDir
 
 Progress = Callable[[str], None]
@@ -109,6 +110,9 @@ class Pipeline:
         self.progress = progress
         self.run = RunDir(cfg, resume=resume, progress=progress)
         self.root = self.run.root
+        # Stage progress and selection counts on Ray's metrics (inert without Ray; mmtune/metrics.py)
+        self.metrics = PipelineMetrics(cfg.run.name, rounds=cfg.retrieval.rounds, planned=self.planned_stages())
+        self.run.stage = self.metrics.wrap_stage(self.run.stage)  # type: ignore[method-assign]
 
     # ---------------------------------------------------------------- shared stages
     def prepare(self) -> dict[str, Any]:
@@ -175,6 +179,14 @@ class Pipeline:
 
     def needs_teacher(self) -> bool:
         return self.cfg.retrieval.method in ("dense", "bm25")
+
+    def planned_stages(self) -> int:
+        """How many stages ``run_all`` goes through (the progress gauge's total): data,
+        student, evaluate_0; teacher and annotate when a teacher is needed; index unless
+        the method reads no index; per round diagnose (with a teacher), select, train, evaluate."""
+        t = int(self.needs_teacher())
+        index = int(self.cfg.retrieval.method not in ("random", "full", "oracle"))
+        return 3 + 2 * t + index + self.cfg.retrieval.rounds * (3 + t)
 
     def annotate_and_index(self) -> None:
         """Annotate the corpus (skills) and index it, both cached by content."""
@@ -315,6 +327,7 @@ class Pipeline:
                         s = sel.select(qs, budget, vindex, round=r, method="dense", exclude_ids=taken,
                                        embed_fn=TextEmbedder(rc.embedder))
             sel.write_selection(s, out)
+            self.metrics.selection(r, rc.method, s.summary())
             return {"path": str(out), **s.summary()}
 
         return self.run.stage(f"select_{r}", {"retrieval": rc.model_dump(mode="json"), "budget": budget},

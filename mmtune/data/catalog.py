@@ -144,6 +144,7 @@ def ensure_imported(spec: str, fmt: str, cfg: RunConfig, *, name: str, task: str
     from mmtune.data.importer import import_dataset
     from mmtune.data.readers import resolve_inputs
     from mmtune.data.writer import QUARANTINE_FILE, REPORT_FILE
+    from mmtune.metrics import record_quarantine
 
     files = resolve_inputs(spec)
     if is_sample_parquet(files, fmt):
@@ -167,6 +168,7 @@ def ensure_imported(spec: str, fmt: str, cfg: RunConfig, *, name: str, task: str
                             shard_rows=dc.shard_rows, chunk_rows=dc.read_chunk_rows, task=task,
                             gold_answers=gold_answers,
                             progress=lambda line: progress(f"[data] {name}: {line}"))
+    record_quarantine("import", name, report.reasons)  # Ray's metrics (mmtune/metrics.py); inert without Ray
     if report.written == 0:
         keep = out.with_name(f"{out.name}.failed")
         if keep.exists():

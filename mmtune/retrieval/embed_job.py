@@ -55,6 +55,7 @@ from mmtune.config import RunConfig
 from mmtune.data.readers import open_parquet
 from mmtune.data.salvage import decode_rows, each_or_reason, read_row_group, safe_value
 from mmtune.data.validate import reason_category
+from mmtune.metrics import Recorder, record_quarantine
 from mmtune.retrieval.embed import content_key, text_of
 
 MANIFEST = "manifest.json"
@@ -183,6 +184,7 @@ class EmbedActor:
 
         self.mode = mode
         self.embedder = make_embedder(name, mode, batch_size=batch_size)
+        self.metrics = Recorder(["retrieval_embedded"], mode=mode)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         contents = list(batch["blob"] if self.mode == "image" else batch["text"])
@@ -193,6 +195,7 @@ class EmbedActor:
         dim = int(getattr(self.embedder, "dim", 0) or next((len(v) for v in vecs if v is not None), 0))
         out = np.stack([np.asarray(v, np.float32) if v is not None else np.zeros(dim, np.float32) for v in vecs]) \
             if vecs else np.zeros((0, dim), np.float32)
+        self.metrics.inc("retrieval_embedded", sum(e is None for e in errors))
         # the actor's pid travels with its output, so the report can say how many worked
         return {"key": batch["key"], "vector": out, "error": np.array([e or "" for e in errors], dtype=object),
                 "actor_pid": np.full(len(out), os.getpid())}
@@ -303,6 +306,7 @@ def embed_corpus(cfg: RunConfig, files: Sequence[str], out_dir: str | Path, *, r
 
     good = table.filter(pc.invert(table.column("reason").is_valid()))
     if good.num_rows == 0:
+        record_quarantine("index", "corpus", _reasons(table))  # counted even when the job stops here
         raise ValueError(f"every row of {len(new)} file(s) was quarantined ({_reasons(table)}); nothing to embed. "
                          "For retrieval.text=skills annotate the corpus first, or set retrieval.text=instruction")
     dup = len(set(good.column("id").to_pylist())) != good.num_rows
@@ -372,12 +376,14 @@ def embed_corpus(cfg: RunConfig, files: Sequence[str], out_dir: str | Path, *, r
         good = table.filter(pc.invert(table.column("reason").is_valid()))
         keys = good.column("key").to_pylist()
         if good.num_rows == 0:
+            record_quarantine("index", "corpus", _reasons(table))
             raise ValueError(f"every row of {len(new)} file(s) was quarantined ({_reasons(table)}); nothing to embed")
 
     # quarantine: written beside the embeddings, counted by reason category, reported
     bad = table.filter(table.column("reason").is_valid())
     report.quarantined = bad.num_rows
     report.reasons = _reasons(table)
+    record_quarantine("index", "corpus", report.reasons)  # Ray's metrics (mmtune/metrics.py)
     if bad.num_rows:
         qdir = out / "quarantine"
         qdir.mkdir(exist_ok=True)

@@ -46,6 +46,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmtune.config import RunConfig, TeacherConfig, load_config
+from mmtune.metrics import PREFIX, TEACHER, TeacherMetrics
 
 if TYPE_CHECKING:
     from .teacher import Analysis
@@ -73,63 +74,16 @@ def served_model_name(t: TeacherConfig) -> str:
 
 
 # =========================================================================== metrics
-METRIC_PREFIX = "mmtune_teacher_"
-LATENCY_BOUNDARIES = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]
-BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
-# name -> (kind, tag keys, description); descriptions must be ASCII (Ray registers them in C++)
-METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
-    "requests": ("counter", ("route", "status"), "teacher requests served by a model replica (status ok or error)"),
-    "latency_s": ("histogram", ("route",),
-                  "seconds from a request reaching the model replica to its result, batching wait included"),
-    "items": ("counter", ("route",), "items, samples or prompts the teacher processed"),
-    "batch_requests": ("histogram", ("route",), "requests fused into one teacher call (1 when batching is off)"),
-    "http_requests": ("counter", ("path", "code"), "HTTP requests answered by the teacher ingress"),
-}
+# Declared with every other mmtune metric in mmtune/metrics.py (names, tags, descriptions,
+# histogram boundaries); these aliases keep this module's public names.
+METRIC_PREFIX = PREFIX + "teacher_"
+# name -> (kind, tag keys, description)
+METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {n: (s.kind, s.tags, s.description) for n, s in TEACHER.items()}
 
 
 def metric_names() -> list[str]:
-    """The names as Prometheus shows them: Ray adds ``ray_``, OpenTelemetry adds ``_total``
-    to counters, and histograms come as ``_bucket``/``_sum``/``_count``."""
-    out = []
-    for name, (kind, _, _) in METRICS.items():
-        full = f"ray_{METRIC_PREFIX}{name}"
-        out += [full + "_total"] if kind == "counter" else [full + s for s in ("_bucket", "_sum", "_count")]
-    return sorted(out)
-
-
-class TeacherMetrics:
-    """The teacher's Ray metrics; inert outside a Ray process so the pure code paths and
-    the tests can call it unconditionally."""
-
-    def __init__(self, names: Sequence[str] = tuple(METRICS)):
-        self._m: dict[str, Any] = {}
-        try:
-            import ray
-        except ImportError:  # pragma: no cover - ray is a hard dependency
-            return
-        if not ray.is_initialized():
-            return
-        from ray.util.metrics import Counter, Histogram
-
-        for name in names:
-            kind, tags, desc = METRICS[name]
-            if kind == "counter":
-                self._m[name] = Counter(METRIC_PREFIX + name, description=desc, tag_keys=tags)
-            else:
-                bounds = LATENCY_BOUNDARIES if name == "latency_s" else BATCH_BOUNDARIES
-                self._m[name] = Histogram(METRIC_PREFIX + name, description=desc, boundaries=bounds, tag_keys=tags)
-
-    @property
-    def active(self) -> bool:
-        return bool(self._m)
-
-    def inc(self, name: str, value: float = 1.0, **tags: str) -> None:
-        if name in self._m and value > 0:
-            self._m[name].inc(float(value), tags=tags)
-
-    def observe(self, name: str, value: float, **tags: str) -> None:
-        if name in self._m:
-            self._m[name].observe(float(value), tags=tags)
+    """The teacher's names as Prometheus shows them (``mmtune.metrics.metric_names`` has all)."""
+    return sorted(p for n, s in TEACHER.items() for p in s.prometheus_names("teacher_" + n))
 
 
 # =========================================================================== model deployment
@@ -1044,13 +998,13 @@ class ServedTeacher:
 
 
 __all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
     "INGRESS_DEPLOYMENT",
     "METRICS",
     "MODEL_DEPLOYMENT",
     "ApiError",
     "BodySizeLimit",
     "BuilderArgs",
-    "DEFAULT_MAX_BODY_BYTES",
     "ServedTeacher",
     "TeacherIngress",
     "TeacherMetrics",
