@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -49,8 +50,7 @@ HISTORY_FILE = "history.jsonl"
 
 def _write_history(ckpt_dir: Path, history: list[dict[str, float]]) -> None:
     with open(ckpt_dir / HISTORY_FILE, "w") as f:
-        for m in history:
-            f.write(json.dumps(m) + "\n")
+        f.writelines(json.dumps(m) + "\n" for m in history)
 
 
 def _load_history(ckpt_dir: str | Path | None) -> list[dict[str, float]]:
@@ -73,6 +73,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from mmtune.config import StudentConfig, TrainingConfig
     from mmtune.models.student import apply_lora, load_student
+    from mmtune.training.checkpoint import read_state
     from mmtune.training.loop import run_training, total_steps_for
 
     tc = TrainingConfig.model_validate(config["training"])
@@ -145,11 +146,25 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         step_k, marker = int(fail_marker[0]), Path(fail_marker[1])
         inner_report = report
 
-        def report(metrics: dict[str, Any], path: Path | None) -> None:  # noqa: F811
+        def report(metrics: dict[str, Any], path: Path | None) -> None:
             inner_report(metrics, path)
             if rank == 0 and metrics["step"] == step_k and not marker.exists():
                 marker.write_text("failed once")
                 raise RuntimeError(f"injected failure after step {step_k}")
+
+    step_log = config.get("_step_log")  # tests: a JSONL line per step and rank, kept across restarts
+    if step_log:
+        logged_report = report
+        started_at = read_state(resume_dir)["step"] if resume_dir is not None else 0
+        node = ray.get_runtime_context().get_node_id()
+
+        def report(metrics: dict[str, Any], path: Path | None) -> None:
+            logged_report(metrics, path)  # first: a step whose report failed was not done
+            line = {"rank": rank, "step": int(metrics["step"]), "loss": float(metrics["loss"]),
+                    "resumed_from": started_at, "checkpoint": path is not None, "node": node,
+                    "pid": os.getpid(), "t": time.time()}
+            with open(step_log, "a") as f:  # one short line per write: appends do not interleave
+                f.write(json.dumps(line) + "\n")
 
     try:
         run_training(inner, processor, mine, tc, seed=seed, total_steps=total, checkpoint_root=local_root,
@@ -202,7 +217,8 @@ def resolve_use_gpu(use_gpu: Any) -> bool:
 def build_trainer(training: Any, student: Any, student_path: str | Path, train_data: Any, *,
                   storage_path: str | Path, name: str, seed: int = 0, cpus_per_worker: float = 1.0,
                   torch_threads: int | None = None, probe_size: int | None = None,
-                  extra_config: dict[str, Any] | None = None):
+                  extra_config: dict[str, Any] | None = None,
+                  worker_resources: dict[str, float] | None = None):
     """A ``TorchTrainer`` for one tuning run.
 
     ``training``/``student`` are :class:`~mmtune.config.TrainingConfig` /
@@ -210,6 +226,8 @@ def build_trainer(training: Any, student: Any, student_path: str | Path, train_d
     :func:`~mmtune.models.student.load_student` reads; ``train_data`` parquet paths of the
     Sample schema, or a ``ray.data.Dataset`` with at least the columns :data:`COLUMNS`
     (e.g. already materialized). Checkpoints go to ``<storage_path>/<name>``.
+    ``worker_resources``: custom resources each worker also asks for (e.g. a label
+    resource that pins workers to a node group), beside ``cpus_per_worker`` CPUs.
     """
     import ray.data
     import ray.train
@@ -231,7 +249,7 @@ def build_trainer(training: Any, student: Any, student_path: str | Path, train_d
         train_loop_per_worker,
         train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=training.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cpus_per_worker}),
+                                     resources_per_worker={**(worker_resources or {}), "CPU": cpus_per_worker}),
         run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve()),
                              failure_config=FailureConfig(max_failures=training.max_failures)),
         # "train_ids" is the same data pruned to its id column: workers plan their shard
