@@ -164,7 +164,10 @@ class LocalHead:
         self._seen.update({p.pid: p for p in live})
         return live
 
-    def stop(self, grace: float = 5.0, timeout: float = 30.0) -> None:
+    def process_names(self) -> set[str]:
+        return {_name(p) for p in self.processes()} - {"?"}
+
+    def stop(self, grace: float = 3.0, timeout: float = 30.0) -> None:
         """SIGTERM to the head's process group, SIGKILL to whatever of it is left after
         ``grace`` seconds. Idempotent; never raises for a process that is already gone."""
         if self.proc is None:
