@@ -296,13 +296,14 @@ class TeacherMetrics(Recorder):
 
     def __init__(self, names: Iterable[str] = tuple(TEACHER)):
         app = dep = "none"
-        try:
-            from ray import serve
+        if _ray_ready():  # (importing Serve costs seconds: not outside Ray)
+            try:
+                from ray import serve
 
-            ctx = serve.get_replica_context()
-            app, dep = ctx.app_name or "none", ctx.deployment
-        except Exception as e:  # noqa: BLE001 - not inside a Serve replica
-            log.debug("teacher metrics outside a Serve replica: %s", e)
+                ctx = serve.get_replica_context()
+                app, dep = ctx.app_name or "none", ctx.deployment
+            except Exception as e:  # noqa: BLE001 - not inside a Serve replica
+                log.debug("teacher metrics outside a Serve replica: %s", e)
         super().__init__(["teacher_" + n for n in names], application=app, deployment=dep)
 
     def inc(self, name: str, value: float = 1.0, **tags: Any) -> None:

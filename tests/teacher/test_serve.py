@@ -369,6 +369,68 @@ def test_backend_failures_become_json_502_and_501_then_app_stops(served):
 
 
 @pytest.mark.ray
+@pytest.mark.slow
+def test_requests_errors_and_latency_reach_prometheus(served, ray_local):
+    """The replicas' metrics (mmtune/metrics.py) on the node's Prometheus endpoint over
+    HTTP, tagged by route, Serve application and deployment. Counters hold the whole
+    module's traffic, so the checks are on what this test adds (the pipeline's and
+    retrieval's metrics: tests/test_metrics.py)."""
+    import time
+
+    from mmtune.metrics import LATENCY_BOUNDARIES, scrape
+
+    app, url = served.cfg.teacher.serve.app_name, served.url
+    endpoint = f"http://127.0.0.1:{ray_local.nodes()[0]['MetricsExportPort']}/metrics"
+
+    def series(got, name, **labels):
+        return [(lb, v) for lb, v in got.get(name, []) if all(lb.get(k) == x for k, x in {"application": app,
+                                                                                        **labels}.items())]
+
+    def total(got, name, **labels):
+        return sum(v for _, v in series(got, name, **labels))
+
+    want = {("ray_mmtune_teacher_requests_total", ("route", "score"), ("status", "ok")): 3,
+            ("ray_mmtune_teacher_requests_total", ("route", "analyse"), ("status", "error")): 1,
+            ("ray_mmtune_teacher_latency_s_count", ("route", "score")): 3,
+            ("ray_mmtune_teacher_items_total", ("route", "score")): 6,
+            ("ray_mmtune_teacher_http_requests_total", ("path", "/v1/score"), ("code", "200")): 3,
+            ("ray_mmtune_teacher_http_requests_total", ("path", "/v1/score"), ("code", "422")): 1}
+    before = scrape(endpoint)  # may lag the module's last requests: the deltas below are lower bounds
+    for _ in range(3):
+        r = requests.post(f"{url}/v1/score", json={"prompts": ["Q? Answer:", "A?"], "options": [["A", "B"], ["C"]]},
+                          timeout=60)
+        assert r.status_code == 200, r.text
+    r = requests.post(f"{url}/v1/score", json={"prompts": ["a", "b"], "options": [["A"]]}, timeout=30)
+    assert r.status_code == 422  # refused by the ingress: no model call
+    with pytest.raises(Exception, match="steps"):  # the handle path (the pipeline's) has no pydantic
+        served.handle.analyse.remote([{"id": "broken"}]).result(timeout_s=60)
+
+    deadline = time.time() + 45  # Ray exports every report interval (10 s by default)
+    while True:
+        got = scrape(endpoint)
+        short = {k: total(got, k[0], **dict(k[1:])) - total(before, k[0], **dict(k[1:])) for k in want}
+        short = {k: d for k, d in short.items() if d < want[k]}
+        if not short or time.time() > deadline:
+            break
+        time.sleep(1.0)
+    assert not short, short
+    reqs = series(got, "ray_mmtune_teacher_requests_total")
+    assert {lb["deployment"] for lb, _ in reqs} == {ts.MODEL_DEPLOYMENT}
+    assert {lb["route"] for lb, _ in reqs} <= set(ts.ROUTES) and {lb["status"] for lb, _ in reqs} <= {"ok", "error"}
+    buckets = sorted((float(lb["le"]), v) for lb, v in series(got, "ray_mmtune_teacher_latency_s_bucket",
+                                                                route="score"))
+    assert [le for le, _ in buckets] == [*LATENCY_BOUNDARIES, float("inf")]
+    assert [v for _, v in buckets] == sorted(v for _, v in buckets)  # cumulative
+    assert buckets[-1][1] == total(got, "ray_mmtune_teacher_latency_s_count", route="score")
+    fused = series(got, "ray_mmtune_teacher_batch_requests_count", route="score")
+    assert fused and 0 < total(got, "ray_mmtune_teacher_batch_requests_count", route="score") \
+        <= total(got, "ray_mmtune_teacher_requests_total", route="score")  # one observation per teacher call
+    http = series(got, "ray_mmtune_teacher_http_requests_total")
+    assert {lb["deployment"] for lb, _ in http} == {ts.INGRESS_DEPLOYMENT}
+    assert all(lb["path"].startswith("/") or lb["path"] == "other" for lb, _ in http)  # route templates only
+
+
+@pytest.mark.ray
 def test_metrics_register_in_a_ray_process(ray_local):
     m = ts.TeacherMetrics()
     assert m.active
