@@ -59,7 +59,9 @@ def run_driver(module: str, out: Path, *args: str, timeout_s: float) -> dict[str
     """Run ``python -m tests.faults.<module> OUT args...`` in a private Ray temp dir and
     return the JSON it wrote to OUT; on failure, the driver's output tail is the message."""
     tmp = tempfile.mkdtemp(prefix="mmf")  # short: see the module docstring
-    env = {**os.environ, **ENV, "RAY_TMPDIR": tmp,
+    # TMPDIR too: a worker killed with its node never runs its cleanup (shard spill and
+    # checkpoint staging dirs), and this dir goes away with the driver.
+    env = {**os.environ, **ENV, "RAY_TMPDIR": tmp, "TMPDIR": tmp,
            # Ray workers import the test helpers too (the tiny models)
            "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     env.pop("RAY_ADDRESS", None)

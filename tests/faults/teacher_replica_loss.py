@@ -8,11 +8,16 @@ diagnosis requests over real HTTP through mmtune's own client: a :class:`Teacher
 pipeline uses a remote teacher (``teacher.backend=openai``). Each request is one wrong
 item's analysis (the answer switch's scoring calls, then the skill question).
 
-Once a third of the requests are done (counted, not slept for), one replica actor is
-killed with ``ray.kill``; Serve starts a replacement. Every request's outcome is recorded:
-its analysis, or the exception that escaped the client's retries, or nothing (lost). A
-first pass without a kill gives each item's deterministic answer-switch result, which the
-pass under the kill must reproduce (a retried request is answered as if nothing happened).
+Once a third of the requests are done (counted, not slept for), the first replica seen
+with requests in flight (Serve's own queue-length probe on the replica actor) is killed
+with ``ray.kill``; Serve starts a replacement. Every request's outcome is recorded: its
+analysis, or the exception that escaped the client's retries, or nothing (lost). A first
+pass without a kill gives each item's deterministic answer-switch result, which the pass
+under the kill must reproduce (a retried request is answered as if nothing happened).
+The client's retries are counted from its log (one warning per retry).
+
+``run(work)`` needs a connected cluster: ``cluster_faults.py`` runs it beside the
+uninterrupted Train run, so the stream also competes with training for the CPUs.
 """
 
 from __future__ import annotations
@@ -85,9 +90,10 @@ def stream(teacher, items: list[dict[str, Any]], on_done=None) -> dict[str, Any]
             on_done(n)
 
     t0 = time.time()
-    with ThreadPoolExecutor(CLIENTS) as pool:
-        futs = [pool.submit(one, it) for it in items]
-        _, not_done = wait(futs, timeout=120)
+    pool = ThreadPoolExecutor(CLIENTS)
+    futs = [pool.submit(one, it) for it in items]
+    _, not_done = wait(futs, timeout=180)  # what has not returned by then counts as lost
+    pool.shutdown(wait=False, cancel_futures=True)
     return {"outcomes": outcomes, "sent": len(items), "not_finished": len(not_done),
             "wall_s": round(time.time() - t0, 2)}
 

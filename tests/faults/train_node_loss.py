@@ -157,12 +157,14 @@ def run(cluster: Any, nodes: list[Any], work: Path, ref: dict[str, Any] | None =
         1's if rank 0 is on the head): the group's remaining slots still fit it."""
         try:
             deadline = time.time() + 300
-            while registered_checkpoint(store / "fault") < CHECKPOINT_EVERY:
+            while True:  # a registered checkpoint, and both ranks' log lines (written after their report)
+                log = read_log(fault_log)
+                if registered_checkpoint(store / "fault") >= CHECKPOINT_EVERY and {r["rank"] for r in log} == {0, 1}:
+                    break
                 if time.time() > deadline:
                     chaos["error"] = "no checkpoint was registered within 300 s"
                     return
                 time.sleep(0.05)
-            log = read_log(fault_log)
             chaos["seen_checkpoint"] = registered_checkpoint(store / "fault")
             chaos["steps_before_kill"] = max(r["step"] for r in log if r["rank"] == 0)
             by_id = {n.node_id: n for n in nodes}
