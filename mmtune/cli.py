@@ -56,6 +56,8 @@ def cmd_data_skillworld(args: argparse.Namespace) -> int:
     from mmtune.data.skillworld import generate_skillworld
 
     cfg = _cfg(args)
+    if args.modality:  # the flag wins over the config's data.skillworld.modality
+        cfg.data.skillworld.modality = args.modality
     t0 = time.time()
     manifest = generate_skillworld(cfg.data.skillworld, Path(args.out), llava_json=args.llava_json,
                                    progress=_progress)
@@ -371,7 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     imp.set_defaults(func=cmd_data_import)
     sw = data_p.add_parser("skillworld", help="generate the SkillWorld benchmark as parquet")
     sw.add_argument("--out", required=True)
-    sw.add_argument("--llava-json", action="store_true", help="also export LLaVA JSON + PNG files")
+    sw.add_argument("--llava-json", action="store_true",
+                    help="also export LLaVA JSON + PNG files (audio: LLaMA-Factory JSON + WAV files)")
+    sw.add_argument("--modality", choices=["vision", "audio"], default=None,
+                    help="task family (default: the config's data.skillworld.modality, vision)")
     _with_config(sw, required=False)
     sw.set_defaults(func=cmd_data_skillworld)
 

@@ -53,7 +53,10 @@ class SkillWorldConfig(_Section):
     """The embedded benchmark's generator settings (see docs/skillworld.md)."""
 
     seed: int = Field(0, ge=0)
-    image_size: int = Field(32, ge=16, le=512, description="square image side in pixels")
+    modality: Literal["vision", "audio"] = Field(
+        "vision", description="task family: vision (grid and digit pictures) or audio (synthesised tone clips)")
+    image_size: int = Field(32, ge=16, le=512, description="square image side in pixels (vision)")
+    clip_seconds: float = Field(2.0, ge=1.5, le=30.0, description="clip length in seconds, 16 kHz mono (audio)")
     corpus_per_task: int = Field(1000, ge=10, description="samples per corpus task in the pool")
     generic_size: int = Field(12000, ge=100, description="samples in the generic student's pre-training mix")
     generic_eval_per_task: int = Field(64, ge=8, description="held-out items per corpus task, for evaluation")

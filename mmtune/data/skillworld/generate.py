@@ -5,6 +5,11 @@ SHA-256 of ``(cfg.seed, split, task)``. Streams never overlap across splits (so 
 pool and the generic mix share no draws), and a task's items do not depend on which other
 tasks or targets are generated. Python's ``random`` is used instead of numpy because its
 per-call overhead is ~10x lower, and generation makes dozens of tiny draws per sample.
+(An audio scene records a seed for its clip's noise, drawn from the same stream.)
+
+``cfg.modality`` picks the task family: "vision" (``tasks.py``) or "audio"
+(``tasks_audio.py``). Both go through the same code; only the rendering (PNG image or WAV
+clip), the generic mix and the LLaVA-style export differ.
 """
 
 from __future__ import annotations
@@ -21,16 +26,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mmtune.config import SkillWorldConfig
-from mmtune.data.schema import join_response, make_sample, to_table
+from mmtune.data.schema import SAMPLE_SCHEMA, join_response, make_sample, to_table
 
+from . import audio as _audio
 from .scenes import DIGIT_SPLIT_SEED, TARGET_DIGIT_FRACTION, digit_pools, render_scene
-from .tasks import CORPUS_TASKS, DEFAULT_TARGETS, RARE_SKILLS, SKILLS, STEPS, TASKS, Task, \
-    format_instruction, gold, resolve_targets
+from .tasks import ALL_STEPS, CORPUS_TASKS, Task, family, format_instruction, gold, resolve_targets
+from .tasks_audio import AUDIO_CORPUS_TASKS
 from .verifier import majority_baseline
 
-GENERATOR_VERSION = "3"
+GENERATOR_VERSION = "3"  # the vision family's; bump when its output changes
+AUDIO_GENERATOR_VERSION = "1"  # the audio family's
 SOURCE = "skillworld"
 SHARD_ROWS = 4096  # rows per corpus/generic shard [module constant: no config field yet]
+AUDIO_ROW_GROUP = 256  # rows per parquet row group in audio files: 256 clips of 2 s are 16 MB
 
 # The generic student's pre-training mix: relative weight per corpus task. A fixed long
 # tail chosen without looking at the targets: tasks whose chain uses only common skills
@@ -65,6 +73,43 @@ GENERIC_WEIGHTS: dict[str, float] = {
 }
 assert set(GENERIC_WEIGHTS) == set(CORPUS_TASKS), "GENERIC_WEIGHTS must cover exactly the corpus tasks"
 
+# The audio generic student's mix, on the same principle and fixed without looking at the
+# audio targets: counting beeps, pitch and sweep direction are common; comparing durations,
+# comparing loudness and locating a tone in time (order) are rare, as fine temporal and
+# level comparisons are where small audio-LLMs are weakest.
+AUDIO_GENERIC_WEIGHTS: dict[str, float] = {
+    "beep_count": COMMON_WEIGHT,
+    "beep_count_mc": COMMON_WEIGHT,
+    "beep_count_yesno": COMMON_WEIGHT,
+    "pitch_open": COMMON_WEIGHT,
+    "pitch_yesno": COMMON_WEIGHT,
+    "higher_tone": COMMON_WEIGHT,
+    "higher_tone_yesno": COMMON_WEIGHT,
+    "sweep_dir": COMMON_WEIGHT,
+    "sweep_dir_yesno": COMMON_WEIGHT,
+    "longer_tone": RARE_WEIGHT,
+    "shorter_tone_mc": RARE_WEIGHT,
+    "louder_tone": RARE_WEIGHT,
+    "quieter_tone_yesno": RARE_WEIGHT,
+    "odd_tone": RARE_WEIGHT,
+    "odd_tone_mc": RARE_WEIGHT,
+}
+assert set(AUDIO_GENERIC_WEIGHTS) == set(AUDIO_CORPUS_TASKS), "AUDIO_GENERIC_WEIGHTS must cover the audio corpus"
+_GENERIC = {"vision": GENERIC_WEIGHTS, "audio": AUDIO_GENERIC_WEIGHTS}
+_VERSION = {"vision": GENERATOR_VERSION, "audio": AUDIO_GENERATOR_VERSION}
+
+
+def generic_weights(modality: str = "vision") -> dict[str, float]:
+    """The generic student's mix (corpus task -> relative weight) of one family."""
+    family(modality)  # a clear error for an unknown modality
+    return _GENERIC[modality]
+
+
+def generator_version(modality: str = "vision") -> str:
+    """The generator version of one family (cache keys should include it)."""
+    family(modality)
+    return _VERSION[modality]
+
 META_SCHEMA = pa.schema([
     pa.field("id", pa.string(), nullable=False),
     pa.field("task", pa.string(), nullable=False),
@@ -87,23 +132,32 @@ def _balanced(rng: random.Random, values, n: int) -> list:
 
 
 def generate_task(task: Task, n: int, *, seed: int, split: str, pool: str = "corpus",
-                  image_size: int = 32) -> tuple[list[dict], list[dict]]:
+                  image_size: int = 32, clip_seconds: float = 2.0,
+                  render_audio: bool = True) -> tuple[list[dict], list[dict]]:
     """``n`` samples of one task and their meta rows, answers balanced.
 
     The answer value is chosen first (balanced), then a scene is built for it; for multiple
     choice the correct letter is balanced independently. ``pool`` picks the digit images:
     "corpus" or "target" (disjoint, see scenes.digit_pools). Ids: ``sw-<split>-<task>-<i>``.
+    Vision tasks get a PNG ``image`` of ``image_size``; audio tasks a WAV ``audio`` clip of
+    ``clip_seconds`` (``pool`` and ``image_size`` do not apply to them). With
+    ``render_audio=False`` the ``audio`` field is left None: ``audio.render_clip(scene)``
+    makes the same bytes later (text-only users such as the teacher skip synthesis).
     """
     rng = _rng(seed, split, task.name)
-    digits = digit_pools()[pool]
-    pick = lambda r, d: r.choice(digits[d])  # noqa: E731
+    is_audio = task.modality == "audio"
+    if is_audio:
+        ctx: Any = clip_seconds
+    else:
+        digits = digit_pools()[pool]
+        ctx = lambda r, d: r.choice(digits[d])  # noqa: E731
     values = _balanced(rng, task.values, n)
     letters = _balanced(rng, range(task.n_options), n) if task.fmt == "mc" else None
-    skills = [STEPS[k].skill for k in task.chain]
+    skills = [ALL_STEPS[k].skill for k in task.chain]
     prefix = f"sw-{split}-{task.name}"
     samples, metas = [], []
     for i in range(n):
-        scene = task.build(rng, values[i], pick)
+        scene = task.build(rng, values[i], ctx)
         options = None
         if task.fmt == "mc":
             wrong = task.distract(rng, values[i], scene)
@@ -112,8 +166,12 @@ def generate_task(task: Task, n: int, *, seed: int, split: str, pool: str = "cor
             scene["query"]["options"] = options
         steps, _, answer = gold(task, scene)
         sid = f"{prefix}-{i:05d}"
+        if is_audio:
+            media = {"audio": _audio.render_clip(scene) if render_audio else None}
+        else:
+            media = {"image": render_scene(scene, rng, image_size)}
         samples.append(make_sample(
-            id=sid, task=task.name, source=SOURCE, image=render_scene(scene, rng, image_size),
+            id=sid, task=task.name, source=SOURCE, **media,
             instruction=format_instruction(task, scene), response=join_response(steps, answer),
             steps=steps, answer=answer, options=options, skills=[]))
         metas.append({"id": sid, "task": task.name, "step_skills": skills,
@@ -138,8 +196,18 @@ def _shuffled(rng: random.Random, samples: list[dict], metas: list[dict]) -> tup
     return [samples[i] for i in order], [metas[i] for i in order]
 
 
-def _write(out: Path, rel: str, samples: list[dict], metas: list[dict]) -> list[str]:
-    """Write samples to ``out/rel`` and meta to ``out/meta/rel``; ``rel`` ending in ``-*`` is sharded."""
+def _with_audio(samples: list[dict], metas: list[dict]) -> list[dict]:
+    """The samples with their clips synthesised (from each meta row's scene) where missing."""
+    return [s if s["audio"] is not None else {**s, "audio": _audio.render_clip(json.loads(m["scene"]))}
+            for s, m in zip(samples, metas)]
+
+
+def _write(out: Path, rel: str, samples: list[dict], metas: list[dict], fill_audio: bool = False) -> list[str]:
+    """Write samples to ``out/rel`` and meta to ``out/meta/rel``; ``rel`` ending in ``-*`` is sharded.
+
+    With ``fill_audio``, audio samples made with ``render_audio=False`` get their clips here,
+    one shard at a time, so memory holds one shard of clips rather than the whole split.
+    """
     if rel.endswith("-*"):
         n_shards = max(1, -(-len(samples) // SHARD_ROWS))
         parts = [(rel[:-1] + f"{k:05d}.parquet", slice(k * SHARD_ROWS, (k + 1) * SHARD_ROWS))
@@ -150,11 +218,22 @@ def _write(out: Path, rel: str, samples: list[dict], metas: list[dict]) -> list[
     else:
         parts = [(rel + ".parquet", slice(None))]
     for r, chunk in parts:
-        for base, table in ((out, to_table(samples[chunk])),
-                            (out / "meta", pa.Table.from_pylist(metas[chunk], schema=META_SCHEMA))):
+        for base in (out, out / "meta"):
             (base / r).parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table, base / r)
+        if fill_audio:
+            _write_clips(out / r, samples[chunk], metas[chunk])
+        else:
+            pq.write_table(to_table(samples[chunk]), out / r)
+        pq.write_table(pa.Table.from_pylist(metas[chunk], schema=META_SCHEMA), out / "meta" / r)
     return [r for r, _ in parts]
+
+
+def _write_clips(path: Path, samples: list[dict], metas: list[dict]) -> None:
+    """An audio shard, synthesised and written one row group at a time (bounded memory)."""
+    with pq.ParquetWriter(path, SAMPLE_SCHEMA) as writer:
+        for i in range(0, len(samples), AUDIO_ROW_GROUP):
+            part = slice(i, i + AUDIO_ROW_GROUP)
+            writer.write_table(to_table(_with_audio(samples[part], metas[part])))
 
 
 def _split_stats(samples: list[dict]) -> dict[str, Any]:
@@ -182,78 +261,114 @@ def _write_llava(out: Path, name: str, samples: list[dict]) -> None:
     (out / "llava" / f"{name}.json").write_text(json.dumps(records, indent=1))
 
 
+def _write_llamafactory_audio(out: Path, name: str, samples: list[dict], metas: list[dict]) -> None:
+    """LLaMA-Factory's audio format: ``messages`` (user turn with ``<audio>``, assistant) and an
+    ``audios`` list of WAV paths relative to ``out/llava`` (plus ``task``/``options``, kept by
+    mmtune's reader). Clips missing from ``samples`` are synthesised from the meta scenes."""
+    aud_dir = out / "llava" / "audios"
+    aud_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for s, m in zip(samples, metas):
+        clip = s["audio"] if s["audio"] is not None else _audio.render_clip(json.loads(m["scene"]))
+        (aud_dir / f"{s['id']}.wav").write_bytes(clip)
+        rec = {"id": s["id"], "messages": [
+            {"role": "user", "content": "<audio>" + s["instruction"]},
+            {"role": "assistant", "content": s["response"]}], "audios": [f"audios/{s['id']}.wav"], "task": s["task"]}
+        if s["options"]:
+            rec["options"] = s["options"]
+        records.append(rec)
+    (out / "llava" / f"{name}.json").write_text(json.dumps(records, indent=1))
+
+
 def generate_skillworld(cfg: SkillWorldConfig, out_dir, *, llava_json: bool = False,
                         progress: Callable[[str], None] | None = None) -> dict:
-    """Write the SkillWorld benchmark under ``out_dir`` and return its manifest.
+    """Write the SkillWorld benchmark of ``cfg.modality`` under ``out_dir`` and return its manifest.
 
     Layout: ``corpus/part-*.parquet``, ``generic/train-*.parquet``, ``generic/eval.parquet``,
     ``targets/<name>/{val,test}.parquet`` (Sample schema), ``meta/<same path>`` (generator
     metadata; benchmarks only, never the pipeline), ``skillworld.json`` (the manifest), and
-    with ``llava_json`` ``llava/<split>.json`` plus ``llava/images/<id>.png``.
+    with ``llava_json`` ``llava/<split>.json`` plus ``llava/images/<id>.png`` (vision: LLaVA
+    conversations) or ``llava/audios/<id>.wav`` (audio: LLaMA-Factory messages + audios).
     """
     say = progress or (lambda msg: None)
-    targets = resolve_targets(cfg.targets)  # fail before any work
+    fam = family(cfg.modality)
+    targets = resolve_targets(cfg.targets, cfg.modality)  # fail before any work
+    weights = generic_weights(cfg.modality)
+    corpus_tasks = fam.corpus_tasks
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    size = cfg.image_size
-    splits: dict[str, tuple[list[dict], list[dict]]] = {}
+    files: dict[str, list[str]] = {}
+    stats: dict[str, dict[str, Any]] = {}
+    is_audio = cfg.modality == "audio"
 
     def run(split: str, names_counts: list[tuple[str, int]], pool: str) -> tuple[list[dict], list[dict]]:
         samples: list[dict] = []
         metas: list[dict] = []
         for name, n in names_counts:
-            s, m = generate_task(TASKS[name], n, seed=cfg.seed, split=split, pool=pool, image_size=size)
+            # Audio clips (~64 KB each) are synthesised at write time, one shard at a time.
+            s, m = generate_task(fam.tasks[name], n, seed=cfg.seed, split=split, pool=pool,
+                                 image_size=cfg.image_size, clip_seconds=cfg.clip_seconds, render_audio=False)
             samples += s
             metas += m
         return samples, metas
 
-    say(f"skillworld: corpus, {len(CORPUS_TASKS)} tasks x {cfg.corpus_per_task}")
-    splits["corpus"] = _shuffled(_rng(cfg.seed, "order", "corpus"),
-                                 *run("corpus", [(t, cfg.corpus_per_task) for t in CORPUS_TASKS], "corpus"))
+    def emit(key: str, samples: list[dict], metas: list[dict]) -> None:
+        # Each split is written as soon as it is made and only its statistics are kept.
+        rel = {"corpus": "corpus/part-*", "generic/train": "generic/train-*"}.get(key, key)
+        files[key] = _write(out, rel, samples, metas, fill_audio=is_audio)
+        if llava_json:
+            name = key.replace("targets/", "target_").replace("/", "_")
+            if is_audio:
+                _write_llamafactory_audio(out, name, samples, metas)
+            else:
+                _write_llava(out, name, samples)
+        stats[key] = _split_stats(samples)
+
+    say(f"skillworld: {cfg.modality} corpus, {len(corpus_tasks)} tasks x {cfg.corpus_per_task}")
+    emit("corpus", *_shuffled(_rng(cfg.seed, "order", "corpus"),
+                              *run("corpus", [(t, cfg.corpus_per_task) for t in corpus_tasks], "corpus")))
     say(f"skillworld: generic mix, {cfg.generic_size} samples")
-    counts = allocate(GENERIC_WEIGHTS, cfg.generic_size)
-    splits["generic/train"] = _shuffled(_rng(cfg.seed, "order", "generic"),
-                                        *run("generic", [(t, counts[t]) for t in CORPUS_TASKS if counts[t]], "corpus"))
-    splits["generic/eval"] = run("geval", [(t, cfg.generic_eval_per_task) for t in CORPUS_TASKS], "corpus")
+    counts = allocate(weights, cfg.generic_size)
+    emit("generic/train", *_shuffled(_rng(cfg.seed, "order", "generic"),
+                                     *run("generic", [(t, counts[t]) for t in corpus_tasks if counts[t]], "corpus")))
+    emit("generic/eval", *run("geval", [(t, cfg.generic_eval_per_task) for t in corpus_tasks], "corpus"))
     for name in targets:
         say(f"skillworld: target {name}")
-        splits[f"targets/{name}/val"] = run("val", [(name, cfg.val_size)], "target")
-        splits[f"targets/{name}/test"] = run("test", [(name, cfg.test_size)], "target")
+        emit(f"targets/{name}/val", *run("val", [(name, cfg.val_size)], "target"))
+        emit(f"targets/{name}/test", *run("test", [(name, cfg.test_size)], "target"))
 
-    say("skillworld: writing parquet")
-    files: dict[str, list[str]] = {}
-    for key, (samples, metas) in splits.items():
-        rel = {"corpus": "corpus/part-*", "generic/train": "generic/train-*"}.get(key, key)
-        files[key] = _write(out, rel, samples, metas)
-    if llava_json:
-        say("skillworld: writing LLaVA JSON and PNG files")
-        for key, (samples, _) in splits.items():
-            _write_llava(out, key.replace("targets/", "target_").replace("/", "_"), samples)
-
-    pools = digit_pools()
-    manifest = {
+    manifest: dict[str, Any] = {
         "name": "skillworld",
-        "version": GENERATOR_VERSION,
+        "version": generator_version(cfg.modality),
+        "modality": cfg.modality,
         "seed": cfg.seed,
         "config": cfg.model_dump(),
-        "skills": {k: {"phrase": v, "rare": k in RARE_SKILLS} for k, v in SKILLS.items()},
+        "skills": {k: {"phrase": v, "rare": k in fam.rare_skills} for k, v in fam.skills.items()},
         "tasks": {t.name: {"kind": t.kind, "format": t.fmt, "skills": list(t.skills), "chain": list(t.chain),
-                           "step_templates": [STEPS[k].template for k in t.chain], "question": t.question,
-                           "rare": t.rare, "generic_weight": GENERIC_WEIGHTS.get(t.name),
-                           "n_options": t.n_options or None} for t in TASKS.values()},
+                           "step_templates": [fam.steps[k].template for k in t.chain], "question": t.question,
+                           "rare": t.rare, "generic_weight": weights.get(t.name),
+                           "n_options": t.n_options or None} for t in fam.tasks.values()},
         "targets": targets,
-        "default_targets": list(DEFAULT_TARGETS),
+        "default_targets": list(fam.default_targets),
         "generic_counts": counts,
-        "digit_split": {"seed": DIGIT_SPLIT_SEED, "target_fraction": TARGET_DIGIT_FRACTION,
-                        "corpus_images": sum(len(v) for v in pools["corpus"].values()),
-                        "target_images": sum(len(v) for v in pools["target"].values())},
-        "counts": {k: len(s) for k, (s, _) in splits.items()},  # rows per split, for quick reports
-        "splits": {k: {"files": files[k], "meta_files": [f"meta/{f}" for f in files[k]], **_split_stats(s)}
-                   for k, (s, _) in splits.items()},
+    }
+    if not is_audio:
+        pools = digit_pools()
+        manifest["digit_split"] = {"seed": DIGIT_SPLIT_SEED, "target_fraction": TARGET_DIGIT_FRACTION,
+                                   "corpus_images": sum(len(v) for v in pools["corpus"].values()),
+                                   "target_images": sum(len(v) for v in pools["target"].values())}
+    else:
+        manifest["audio"] = {"sample_rate": _audio.SAMPLE_RATE, "clip_seconds": cfg.clip_seconds,
+                             "format": "WAV, mono, 16-bit PCM", "pitch_hz": _audio.PITCH_HZ,
+                             "length_s": _audio.LENGTH_S, "level_amp": _audio.LEVEL_AMP, "sweep_s": _audio.SWEEP_S}
+    manifest.update({
+        "counts": {k: st["rows"] for k, st in stats.items()},  # rows per split, for quick reports
+        "splits": {k: {"files": files[k], "meta_files": [f"meta/{f}" for f in files[k]], **st}
+                   for k, st in stats.items()},
         "llava": bool(llava_json),
         "generation_seconds": round(time.perf_counter() - t0, 3),
-    }
+    })
     (out / "skillworld.json").write_text(json.dumps(manifest, indent=1))
     say(f"skillworld: done in {manifest['generation_seconds']}s")
     return manifest

@@ -10,13 +10,20 @@ generator and the verifier both use it, so the two can never disagree.
 Corpus tasks form the supporting corpus (Vision-Flan-like: many related tasks, every
 skill under >= 2 phrasings/formats). Target tasks are held-out templates: a known step
 chain with a new instruction phrasing and/or answer format.
+
+Families: this module registers the *vision* family. ``SKILLS``, ``STEPS``, ``TASKS``,
+``CORPUS_TASKS``, ``TARGET_TASKS``, ``DEFAULT_TARGETS`` and ``RARE_SKILLS`` predate the
+audio family and stay vision-only. Every family (``tasks_audio.py`` adds "audio") also
+registers into the ``ALL_*`` lookups, keyed by names unique across families, so that
+``gold``, the verifier and any task-name or skill lookup work for every family;
+:func:`family` gives one family's registry.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from .scenes import COLORS, POSITIONS, SHAPES
 
@@ -64,7 +71,9 @@ STEPS: dict[str, StepKind] = {
     "add": StepKind("{a} plus {b} is {s}.", "add"),
 }
 
-Build = Callable[[random.Random, str, Callable[[random.Random, int], int]], dict]
+# build(rng, value, ctx): ctx is the family's context: vision's digit picker
+# ``pick(rng, d) -> sklearn index``, audio's clip length in seconds.
+Build = Callable[[random.Random, str, Any], dict]
 Solve = Callable[[dict], tuple[list[dict], str]]
 Distract = Callable[[random.Random, str, dict], list[str]]
 
@@ -89,18 +98,21 @@ class Task:
     solve: Solve
     n_options: int = 0  # multiple choice only
     distract: Distract | None = None  # mc: n_options - 1 wrong option texts
+    modality: str = "vision"  # the family: "vision" (PNG image) or "audio" (WAV clip)
 
     @property
     def skills(self) -> tuple[str, ...]:
         """The chain's skills, unique, in first-use order."""
-        return tuple(dict.fromkeys(STEPS[k].skill for k in self.chain))
+        return tuple(dict.fromkeys(ALL_STEPS[k].skill for k in self.chain))
 
     @property
     def rare(self) -> bool:
-        return any(s in RARE_SKILLS for s in self.skills)
+        return any(s in ALL_RARE_SKILLS for s in self.skills)
 
     @property
     def scene_kind(self) -> str:
+        if self.modality == "audio":
+            return "audio"
         return "digits" if "digit" in self.skills else "grid"
 
 
@@ -510,13 +522,70 @@ TARGET_TASKS: tuple[str, ...] = tuple(t.name for t in _TASK_LIST if t.kind == "t
 DEFAULT_TARGETS: tuple[str, ...] = ("parity_choice", "smaller_digit", "color_check", "count_grid")
 
 
-def resolve_targets(names: list[str] | None) -> list[str]:
-    """Target names to generate (None = DEFAULT_TARGETS); unknown names raise ValueError."""
+# --------------------------------------------------------------------------- families
+@dataclass(frozen=True)
+class Family:
+    """One modality's registry: its skills (id -> phrase), step kinds and tasks."""
+
+    modality: str
+    skills: dict[str, str]
+    rare_skills: frozenset[str]
+    steps: dict[str, StepKind]
+    tasks: dict[str, Task]
+    default_targets: tuple[str, ...]
+
+    @property
+    def corpus_tasks(self) -> tuple[str, ...]:
+        return tuple(n for n, t in self.tasks.items() if t.kind == "corpus")
+
+    @property
+    def target_tasks(self) -> tuple[str, ...]:
+        return tuple(n for n, t in self.tasks.items() if t.kind == "target")
+
+
+FAMILIES: dict[str, Family] = {}
+# Lookups over every family. Names are unique across families (register_family checks),
+# so a task name, step kind or skill id alone says which family it belongs to.
+ALL_SKILLS: dict[str, str] = {}
+ALL_RARE_SKILLS: set[str] = set()
+ALL_STEPS: dict[str, StepKind] = {}
+ALL_TASKS: dict[str, Task] = {}
+
+
+def register_family(fam: Family) -> Family:
+    for mine, everyone in ((fam.skills, ALL_SKILLS), (fam.steps, ALL_STEPS), (fam.tasks, ALL_TASKS)):
+        clash = set(mine) & set(everyone)
+        if clash:
+            raise ValueError(f"SkillWorld family {fam.modality!r} reuses names of another family: {sorted(clash)}")
+    assert all(t.modality == fam.modality for t in fam.tasks.values()), fam.modality
+    assert {s.skill for s in fam.steps.values()} <= set(fam.skills) and fam.rare_skills <= set(fam.skills)
+    assert set(fam.default_targets) <= set(fam.target_tasks), fam.default_targets
+    FAMILIES[fam.modality] = fam
+    ALL_SKILLS.update(fam.skills)
+    ALL_RARE_SKILLS.update(fam.rare_skills)
+    ALL_STEPS.update(fam.steps)
+    ALL_TASKS.update(fam.tasks)
+    return fam
+
+
+def family(modality: str) -> Family:
+    """The registry of one modality ("vision" or "audio")."""
+    if modality not in FAMILIES:
+        raise ValueError(f"unknown SkillWorld modality {modality!r}; known: {list(FAMILIES)}")
+    return FAMILIES[modality]
+
+
+VISION = register_family(Family("vision", SKILLS, RARE_SKILLS, STEPS, TASKS, DEFAULT_TARGETS))
+
+
+def resolve_targets(names: list[str] | None, modality: str = "vision") -> list[str]:
+    """Target names to generate (None = the family's default targets); unknown names raise ValueError."""
+    fam = family(modality)
     if names is None:
-        return list(DEFAULT_TARGETS)
-    unknown = [n for n in names if n not in TARGET_TASKS]
+        return list(fam.default_targets)
+    unknown = [n for n in names if n not in fam.target_tasks]
     if unknown:
-        raise ValueError(f"unknown SkillWorld target(s) {unknown}; known: {list(TARGET_TASKS)}")
+        raise ValueError(f"unknown SkillWorld {modality} target(s) {unknown}; known: {list(fam.target_tasks)}")
     return list(dict.fromkeys(names))
 
 
@@ -543,7 +612,7 @@ def format_instruction(task: Task, scene: dict) -> str:
 def gold(task: Task, scene: dict) -> tuple[list[str], list[dict], str]:
     """(gold step texts, their slot values, gold answer) for a scene; mc answers are letters."""
     values, ans = task.solve(scene)
-    steps = [STEPS[k].template.format(**v) for k, v in zip(task.chain, values)]
+    steps = [ALL_STEPS[k].template.format(**v) for k, v in zip(task.chain, values)]
     if task.fmt == "mc":
         ans = LETTERS[scene["query"]["options"].index(ans)]
     return steps, values, ans

@@ -10,7 +10,8 @@ text: each student step k is parsed with gold step k's template, then
   y`` holds for the two digits shown; ``a plus b is s`` adds up).
 
 Parsing tolerates case, repeated/around spaces and a missing or extra trailing period.
-Steps beyond the gold chain are ignored.
+Steps beyond the gold chain are ignored. The audio family's checks live in
+``verifier_audio.py`` and are merged into the tables here, so one verifier serves both.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from typing import Any, Callable
 from mmtune.data.answers import answers_match, majority_baseline  # noqa: F401 (re-exported)
 
 from .scenes import COLORS, POSITIONS, SHAPES, SIZES
-from .tasks import STEPS, TASKS, gold
+from .tasks import ALL_STEPS, ALL_TASKS, STEPS, gold
+from .verifier_audio import AUDIO_CHECKS, AUDIO_SLOT_RE
 
 _ALT = lambda words: "(" + "|".join(re.escape(w) for w in words) + ")"  # noqa: E731
 _SLOT_RE = {
@@ -31,6 +33,8 @@ _SLOT_RE = {
     "parity": _ALT(("odd", "even")), "positions": "(.+?)",
 }
 _NUMBER_RE = r"(-?\d+)"  # every other slot (d, n, x, y, a, b, s) is an integer
+assert not set(_SLOT_RE) & set(AUDIO_SLOT_RE), "audio slot names must differ from vision's"
+_SLOT_RE.update(AUDIO_SLOT_RE)
 
 
 def _norm(text: str) -> str:
@@ -40,7 +44,7 @@ def _norm(text: str) -> str:
 
 @lru_cache(maxsize=None)
 def _step_regex(kind: str) -> tuple[re.Pattern, tuple[str, ...]]:
-    parts = re.split(r"\{(\w+)\}", _norm(STEPS[kind].template))
+    parts = re.split(r"\{(\w+)\}", _norm(ALL_STEPS[kind].template))
     pattern, slots = "", []
     for i, part in enumerate(parts):
         if i % 2:
@@ -105,6 +109,8 @@ _CHECKS: dict[str, tuple[tuple[str, ...], Callable[[dict, dict], bool]]] = {
     "add": ((), lambda v, sc: sorted((v["a"], v["b"])) == sorted(_digits(sc)) and v["s"] == v["a"] + v["b"]),
 }
 assert set(_CHECKS) == set(STEPS), "every step kind needs a check"
+_CHECKS.update(AUDIO_CHECKS)
+assert set(_CHECKS) == set(ALL_STEPS), "every family's step kinds need checks"
 
 
 def step_ok(kind: str, text: str, gold_values: dict, scene: dict) -> bool:
@@ -136,9 +142,9 @@ def first_wrong_step(sample: dict, steps: list[str], answer: str | None = None) 
     multiple-choice options). A missing or unparseable step counts as wrong. If every gold
     step is matched and ``answer`` is given but wrong, returns ``len(gold steps)``.
     """
-    if sample["task"] not in TASKS:
-        raise ValueError(f"not a SkillWorld task: {sample['task']!r}; known: {list(TASKS)}")
-    task = TASKS[sample["task"]]
+    if sample["task"] not in ALL_TASKS:
+        raise ValueError(f"not a SkillWorld task: {sample['task']!r}; known: {list(ALL_TASKS)}")
+    task = ALL_TASKS[sample["task"]]
     scene = _scene_of(sample)
     _, gold_values, gold_answer = gold(task, scene)
     for k, (kind, gv) in enumerate(zip(task.chain, gold_values)):
