@@ -51,7 +51,7 @@ MARGIN_S = 0.05  # silence kept at both ends of the clip
 MIN_GAP_S = 0.08  # silence between events: an energy detector with 10 ms frames separates them
 MIN_CLIP_S = 1.5  # two long tones, the gap and the margins need ~1.3 s
 # Background noise is a window of a fixed Gaussian noise bank at a random offset (and a
-# random level): drawing 32k fresh normals per clip cost 0.4 ms, two thirds of a clip's
+# random level): drawing 32k fresh normals per clip cost 0.4 ms, half of a clip's
 # synthesis; a slice is free, and no two clips share an offset, jitter and events anyway.
 NOISE_BANK_SEED = 16000
 NOISE_BANK_SAMPLES = 1 << 19  # 32.8 s at 16 kHz: longer than the longest allowed clip (30 s)

@@ -229,7 +229,7 @@ _TASK_LIST = [
        COUNTS, (_b_count, _s_count)),
     _t("beep_count_mc", "corpus", "mc", ["count_beeps"], "How many times does the tone sound?",
        COUNTS, (_b_count, _s_count), 4, _d_sample(COUNTS, 3)),
-    _t("beep_count_yesno", "corpus", "yesno", ["count_beeps"], "Are there {n} beeps in the clip?",
+    _t("beep_count_yesno", "corpus", "yesno", ["count_beeps"], "Is the number of beeps in the clip {n}?",
        YESNO, (_b_count_yn, _s_count_yn)),
     _t("pitch_open", "corpus", "open", ["tone_pitch"], "Is the tone high or low?",
        PITCHES, (_b_pitch, _s_pitch)),
