@@ -37,7 +37,6 @@ from tests.training.test_pretrain import TINY
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME_ENV = ROOT / "cluster" / "runtime_env.yaml"
 RAY = str(Path(sys.executable).parent / "ray")
-CLUSTER = [pytest.mark.ray, pytest.mark.slow]
 JOB_TIMEOUT = 480  # seconds; a loaded 2-core machine runs the tiny pipeline in 1-3 minutes
 
 # One round of the loop at its smallest: 4 pre-training steps, 4 test items per target,
