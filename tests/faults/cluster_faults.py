@@ -1,9 +1,16 @@
 """Driver: both cluster fault scenarios on one ``ray.cluster_utils.Cluster`` (issue F §4).
 
 ``python -m tests.faults.cluster_faults OUT.json``: a head and two worker nodes come up
-once (starting raylets is the expensive part on a small machine). The teacher scenario
-(``teacher_replica_loss``) runs beside the uninterrupted Train run; then the Train run
-with a node killed (``train_node_loss``), which leaves the cluster one worker node short.
+once, and the scenarios run side by side (on 2 cores, most of their time is process
+start-up and polling, which overlaps well):
+
+1. the head starts; the uninterrupted Train run starts on the head's ``ref_slot``s, and
+   the teacher app is deployed; its replicas are placed on the head before the worker
+   nodes join, so neither can be lost with a worker node;
+2. the worker nodes join; the Train run that loses one (``train_node_loss.fault``)
+   starts, and the teacher scenario streams its requests and kills a replica
+   (``teacher_replica_loss.exercise``), under the load of both Train runs.
+
 Each scenario's measurements, or its traceback, go to OUT under its name.
 """
 
@@ -28,10 +35,10 @@ def _guarded(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 
 def main(out: Path) -> None:
-    from tests.faults import teacher_replica_loss, train_node_loss
-    from tests.faults.inproc_cluster import local_cluster
+    from tests.faults import teacher_replica_loss as teacher
+    from tests.faults import train_node_loss as train
+    from tests.faults.inproc_cluster import add_workers, local_cluster
 
-    work = out.parent
     t0 = time.time()
     report: dict[str, Any] = {}
 
@@ -39,22 +46,38 @@ def main(out: Path) -> None:
         report.setdefault("timeline_s", {})[what] = round(time.time() - t0, 1)
         print(f"[faults] {what} at {time.time() - t0:.1f}s", file=sys.stderr, flush=True)
 
-    with local_cluster(train_node_loss.HEAD, [train_node_loss.WORKER] * 2) as (cluster, nodes):
-        mark("cluster up")
-        # The uninterrupted Train run needs no fault, so it runs beside the teacher
-        # scenario (which then streams under real load); the node kill comes after both.
-        ref: dict[str, Any] = {}
-        th = threading.Thread(target=lambda: ref.update(_guarded(
-            lambda: train_node_loss.reference(work / "train_node_loss"))), daemon=True)
+    def start(target: Callable[[], Any]) -> threading.Thread:
+        th = threading.Thread(target=target, daemon=True)
         th.start()
-        report["teacher"] = _guarded(lambda: teacher_replica_loss.run(work / "teacher_replica_loss"))
+        return th
+
+    # the tiny models are built while the head starts
+    made: dict[str, Any] = {}
+    prep = start(lambda: made.update(train=train.prepare(out.parent / "train_node_loss"),
+                                     teacher=teacher.prepare(out.parent / "teacher_replica_loss")))
+    with local_cluster(train.HEAD, []) as (cluster, _):
+        mark("head up")
+        report["head_node"] = cluster.head_node.node_id
+        prep.join()
+        train_work = out.parent / "train_node_loss"
+        ref: dict[str, Any] = {}
+        ref_th = start(lambda: ref.update(_guarded(lambda: train.reference(train_work, made["train"]))))
+        served = _guarded(lambda: teacher.deploy(made["teacher"]))
+        mark("teacher replicas placed")
+        nodes = add_workers(cluster, [train.WORKER] * 2)
+        mark("worker nodes up")
+        fault: dict[str, Any] = {}
+        fault_th = start(lambda: fault.update(_guarded(lambda: train.fault(cluster, nodes, train_work,
+                                                                           made["train"]))))
+        report["teacher"] = served if "error" in served else _guarded(lambda: teacher.exercise(served))
         mark("teacher done")
-        th.join()
+        ref_th.join()
         mark("train reference done")
-        report["train"] = _guarded(lambda: train_node_loss.run(cluster, nodes, work / "train_node_loss", ref=ref))
+        fault_th.join()
         mark("train fault done")
+        report["train"] = {"ref": ref, **fault}
     report["total_s"] = round(time.time() - t0, 1)
-    out.write_text(json.dumps(report, indent=1))
+    out.write_text(json.dumps(report, indent=1, default=str))
 
 
 if __name__ == "__main__":

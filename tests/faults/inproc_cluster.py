@@ -45,14 +45,20 @@ def local_cluster(head: dict[str, Any], workers: list[dict[str, Any]]) -> Iterat
     cluster = Cluster(initialize_head=True, head_node_args={
         "include_dashboard": False, "object_store_memory": 200 * 1024 * 1024, **head})
     try:
-        # wait=False: the raylets start side by side; wait_for_nodes then waits for all
-        nodes = [cluster.add_node(wait=False, object_store_memory=150 * 1024 * 1024, **w) for w in workers]
-        cluster.wait_for_nodes(timeout=120)
+        nodes = add_workers(cluster, workers)
         ray.init(address=cluster.address, log_to_driver=False)
         yield cluster, nodes
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def add_workers(cluster: Any, workers: list[dict[str, Any]]) -> list[Any]:
+    """Add one worker node per entry of ``workers`` and wait until all are registered."""
+    # wait=False: the raylets start side by side; wait_for_nodes then waits for all
+    nodes = [cluster.add_node(wait=False, object_store_memory=150 * 1024 * 1024, **w) for w in workers]
+    cluster.wait_for_nodes(timeout=120)
+    return nodes
 
 
 def run_driver(module: str, out: Path, *args: str, timeout_s: float) -> dict[str, Any]:

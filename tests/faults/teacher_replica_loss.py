@@ -98,50 +98,88 @@ def stream(teacher, items: list[dict[str, Any]], on_done=None) -> dict[str, Any]
             "wall_s": round(time.time() - t0, 2)}
 
 
-def run(work: Path) -> dict[str, Any]:
-    """The scenario on the running cluster the driver is connected to; the measurements."""
-    import ray
+def prepare(work: Path) -> Path:
+    """The tiny random teacher of tests/teacher, saved as an HF directory under ``work``."""
+    from tests.teacher.conftest import make_tiny_teacher
+
+    work.mkdir(parents=True, exist_ok=True)
+    return make_tiny_teacher(work / "teacher")
+
+
+def deploy(model_dir: Path) -> dict[str, Any]:
+    """Start Serve and the teacher app (2 model replicas) without waiting for it to be up;
+    return once its replica actors are placed on a node, with where they went. (The
+    cluster driver deploys before the worker nodes join, so the replicas live on the head
+    and the Train scenario's node kill cannot take one.)"""
     from ray import serve
 
     from mmtune.config import load_config
-    from mmtune.teacher.backend import OpenAIBackend
-    from mmtune.teacher.serve import start_teacher, teacher_url
-    from mmtune.teacher.teacher import Teacher
-    from tests.teacher.conftest import (
-        free_port,
-        make_tiny_teacher,
-        serve_overrides,
-        wrong_items,
-    )
+    from mmtune.teacher.serve import build_app
+    from tests.teacher.conftest import free_port, serve_overrides
 
-    work.mkdir(parents=True, exist_ok=True)
-    t_start = time.time()
-    model_dir = make_tiny_teacher(work / "teacher")
     port = free_port()
     cfg = load_config(None, serve_overrides(model_dir, port, "teacher.autoscaling.min_replicas=2",
                                             "teacher.autoscaling.max_replicas=2"))
     app = cfg.teacher.serve.app_name
-    report: dict[str, Any] = {}
-    counter = _RetryCounter()
-    client_log = logging.getLogger("mmtune.teacher.backend")
-    client_log.addHandler(counter)
+    t0 = time.time()
     # One HTTP proxy, on the head: every node here shares one loopback, and a proxy per node
     # (Serve's default) would fight over the port.
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+    serve.run_many([serve.RunTarget(build_app(cfg), name=app, route_prefix=cfg.teacher.serve.route_prefix,
+                                    logging_config={"enable_access_log": False})],
+                   wait_for_applications_running=False)
+    placed = placed_replicas(app, 3, timeout_s=120)  # 2 model replicas and the ingress
+    return {"cfg": cfg, "model_dir": model_dir, "t_deploy": t0, "placed_on": placed,
+            "placed_s": round(time.time() - t0, 1)}
+
+
+def placed_replicas(app: str, n: int, timeout_s: float) -> dict[str, str]:
+    """Name -> node id of the app's replica actors, once ``n`` of them have a node (the GCS
+    actor table; Ray's state API needs the dashboard, which this cluster runs without)."""
+    from ray._private.state import actors
+
+    prefix = f"SERVE_REPLICA::{app}#"
+    t0 = time.time()
+    while True:
+        got = {a["Name"]: a["Address"]["NodeID"] for a in actors().values()
+               if a["Name"].startswith(prefix) and a["State"] != "DEAD" and a["Address"]["NodeID"].strip("0")}
+        if len(got) >= n:
+            return got
+        if time.time() - t0 > timeout_s:
+            raise TimeoutError(f"{len(got)} of {n} replicas of {app!r} placed after {timeout_s:.0f} s")
+        time.sleep(0.1)
+
+
+def exercise(served: dict[str, Any]) -> dict[str, Any]:
+    """Wait for the app, stream the baseline, stream again and kill a replica; the
+    measurements. Serve is shut down on the way out."""
+    import ray
+    from ray import serve
+
+    from mmtune.teacher.backend import OpenAIBackend
+    from mmtune.teacher.serve import teacher_url, wait_healthy
+    from mmtune.teacher.teacher import Teacher
+    from tests.teacher.conftest import wrong_items
+
+    cfg, app = served["cfg"], served["cfg"].teacher.serve.app_name
+    t_start = time.time()
+    report: dict[str, Any] = {"placed_on": served["placed_on"], "placed_s": served["placed_s"]}
+    counter = _RetryCounter()
+    client_log = logging.getLogger("mmtune.teacher.backend")
+    client_log.addHandler(counter)
     try:
-        t0 = time.time()
-        start_teacher(cfg, access_log=False, health_timeout_s=240, progress=lambda s: None)
+        wait_healthy(teacher_url(cfg), timeout_s=240)
         while running_replicas(app) < 2:
-            if time.time() - t0 > 240:
+            if time.time() - served["t_deploy"] > 240:
                 raise TimeoutError(f"2 teacher replicas were not RUNNING after 240 s: {serve.status()}")
             time.sleep(0.2)
-        report["serve_up_s"] = round(time.time() - t0, 1)
+        report["serve_up_s"] = round(time.time() - served["t_deploy"], 1)
         before = replicas(app)
         report["replicas_before"] = sorted(before)
 
         # the client: mmtune's own, as the pipeline configures it for teacher.backend=openai
         client_cfg = cfg.teacher.model_copy(update={"backend": "openai", "base_url": f"{teacher_url(cfg)}/v1",
-                                                    "name_or_path": str(model_dir)})
+                                                    "name_or_path": str(served["model_dir"])})
         backend = OpenAIBackend(client_cfg.base_url, client_cfg.name_or_path, timeout_s=client_cfg.timeout_s,
                                 max_retries=client_cfg.max_retries, max_new_tokens=client_cfg.max_new_tokens)
         teacher = Teacher(backend, client_cfg)
@@ -202,6 +240,11 @@ def run(work: Path) -> dict[str, Any]:
         serve.shutdown()
     report["total_s"] = round(time.time() - t_start, 1)
     return report
+
+
+def run(work: Path) -> dict[str, Any]:
+    """The whole scenario on the cluster the driver is connected to."""
+    return exercise(deploy(prepare(work)))
 
 
 if __name__ == "__main__":  # standalone: python -m tests.faults.teacher_replica_loss OUT.json

@@ -45,6 +45,7 @@ def test_uninterrupted_run_is_one_clean_attempt(report):
     for rank in (0, 1):
         assert _steps(ref["log"], rank) == list(range(1, MAX_STEPS + 1))
     assert {r["resumed_from"] for r in ref["log"]} == {0}
+    assert report["chaos"]["victim"] not in {r["node"] for r in ref["log"]}  # it ran beside the kill, untouched
 
 
 @pytest.mark.ray

@@ -1,20 +1,21 @@
 """Driver: kill a worker node in the middle of a Ray Train run (issue F §4).
 
-``run(cluster, nodes, work)`` runs mmtune's real trainer (``build_trainer``: 2 DDP
-workers, checkpoints every 2 steps, ``FailureConfig(max_failures=2)``) twice with the same
-seed on a ``ray.cluster_utils.Cluster`` whose head and two worker nodes each offer one
-``train_slot`` (workers ask for one each):
+mmtune's real trainer (``build_trainer``: 2 DDP workers, checkpoints every 2 steps,
+``FailureConfig(max_failures=2)``) runs twice with the same seed on a
+``ray.cluster_utils.Cluster`` (a head and two worker nodes; see ``HEAD``/``WORKER``):
 
-1. ``ref``: uninterrupted;
-2. ``fault``: once the Train controller has registered a checkpoint (its snapshot file in
-   the run's storage dir names one: polled, no blind sleep), the worker node hosting rank 0
-   (rank 1's, when rank 0 is on the head) is killed without a graceful shutdown. The
-   remaining two slots fit the group, so the controller restarts it from the checkpoint.
+1. ``reference``: uninterrupted, its workers on the head;
+2. ``fault``: its workers on the train slots (one per worker node, one on the head). Once
+   the Train controller has registered a checkpoint (its snapshot file in the run's
+   storage dir names one: polled, no blind sleep), the worker node hosting rank 0 (rank
+   1's, when rank 0 is on the head) is killed without a graceful shutdown. The two slots
+   left fit the group, so the controller restarts it from the checkpoint.
 
 Every step of every attempt is logged by the workers (``_step_log``: rank, step, loss,
 the checkpoint step it resumed from, node, pid, time). The report holds both logs, both
 runs' final histories (``history.jsonl`` in the final checkpoint) and the timings; the
-test asserts on them. ``python -m tests.faults.train_node_loss OUT.json`` runs it alone.
+tests assert on them. ``python -m tests.faults.train_node_loss OUT.json`` runs it alone;
+``cluster_faults.py`` runs it beside the teacher scenario.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ def _png(rgb) -> bytes:
     return buf.getvalue()
 
 
-def make_student_and_data(root: Path):
-    """The tiny LLaVA and 12 colour rows of tests/training/test_trainer.py."""
+def prepare(root: Path) -> tuple[Path, Any]:
+    """The tiny LLaVA (saved under ``root``) and 12 colour rows of tests/training/test_trainer.py."""
     import pyarrow as pa
     import torch
 
@@ -56,6 +57,7 @@ def make_student_and_data(root: Path):
     from mmtune.data.schema import SAMPLE_SCHEMA
     from mmtune.models.presets import build_tiny_llava
 
+    root.mkdir(parents=True, exist_ok=True)
     colours = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200), "yellow": (220, 220, 40)}
     names = list(colours)
     rows = []
@@ -67,8 +69,6 @@ def make_student_and_data(root: Path):
                      "steps": ["The square fills the image.", f"It is {c}."], "answer": c, "options": None,
                      "skills": []})
     table = pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
-    if (root / "student" / "config.json").is_file():  # made by the reference run
-        return root / "student", table
     preset = TinyLlavaPreset(vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=32, text_layers=2,
                              text_heads=2, text_intermediate=64, vocab_size=400)
     torch.manual_seed(0)
@@ -79,7 +79,7 @@ def make_student_and_data(root: Path):
     return root / "student", table
 
 
-def trainer(student: Path, table, store: Path, name: str, step_log: Path):
+def trainer(student: Path, table, store: Path, name: str, step_log: Path, slot: str, cpus: float):
     import ray.data
 
     from mmtune.config import (
@@ -98,8 +98,8 @@ def trainer(student: Path, table, store: Path, name: str, step_log: Path):
     # from_arrow: the rows are put in the object store by the driver, on the head, so no
     # block of the dataset is lost with a worker node (a read task's output could be).
     ds = ray.data.from_arrow(table)
-    return build_trainer(tc, sc, student, ds, storage_path=store, name=name, seed=0, cpus_per_worker=0.5,
-                         torch_threads=1, worker_resources={SLOT: 1}, extra_config={"_step_log": str(step_log)})
+    return build_trainer(tc, sc, student, ds, storage_path=store, name=name, seed=0, cpus_per_worker=cpus,
+                         torch_threads=1, worker_resources={slot: 1}, extra_config={"_step_log": str(step_log)})
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
@@ -130,24 +130,21 @@ def fit(tr) -> dict[str, Any]:
     return out
 
 
-def reference(work: Path) -> dict[str, Any]:
-    """The uninterrupted run (it needs no node to die, so it may run beside other work)."""
-    work.mkdir(parents=True, exist_ok=True)
-    student, table = make_student_and_data(work)
-    report = fit(trainer(student, table, work / "store", "ref", work / "ref.jsonl"))
+def reference(work: Path, prepared: tuple[Path, Any]) -> dict[str, Any]:
+    """The uninterrupted run. Its workers ask for the head's ``REF_SLOT``s, so it can run
+    beside the fault run without losing a worker to the node kill."""
+    student, table = prepared
+    report = fit(trainer(student, table, work / "store", "ref", work / "ref.jsonl", REF_SLOT, 0.5))
     report["log"] = read_log(work / "ref.jsonl")
     return report
 
 
-def run(cluster: Any, nodes: list[Any], work: Path, ref: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The run with a node killed (after the reference run, unless ``ref`` is given) on a
-    running cluster whose worker nodes ``nodes`` offer a train slot each (the head one
-    too); returns the measurements."""
+def fault(cluster: Any, nodes: list[Any], work: Path, prepared: tuple[Path, Any]) -> dict[str, Any]:
+    """The run that loses a worker node (see the module docstring). ``nodes``: the
+    cluster's worker nodes, each with one train slot (the head has one too)."""
     import ray
 
-    t_start = time.time()
-    report: dict[str, Any] = {"ref": ref if ref is not None else reference(work)}
-    student, table = make_student_and_data(work)
+    student, table = prepared
     store = work / "store"
     fault_log = work / "fault.jsonl"
     chaos: dict[str, Any] = {}
@@ -179,18 +176,30 @@ def run(cluster: Any, nodes: list[Any], work: Path, ref: dict[str, Any] | None =
 
     th = threading.Thread(target=kill_a_worker_node, daemon=True)
     th.start()
-    report["fault"] = fit(trainer(student, table, store, "fault", fault_log))
+    report: dict[str, Any] = {"fault": fit(trainer(student, table, store, "fault", fault_log, SLOT, 1.0))}
     th.join(timeout=30)
     report["fault"]["log"] = read_log(fault_log)
     report["chaos"] = chaos
+    if "t_kill" in chaos:
+        resumed = [r["t"] for r in report["fault"]["log"] if r["resumed_from"] > 0]
+        report["recover_s"] = round(min(resumed) - chaos["t_kill"], 1) if resumed else None
     report["alive_nodes"] = sum(1 for n in ray.nodes() if n["Alive"])
-    report["total_s"] = round(time.time() - t_start, 1)
     return report
 
 
-# The cluster: the head (driver, Train controller, Ray Data tasks) and two worker nodes,
-# each offering one train slot, as does the head; a group of 2 still fits after a node dies.
-HEAD = {"num_cpus": 2, "resources": {SLOT: 1}}
+def run(cluster: Any, nodes: list[Any], work: Path) -> dict[str, Any]:
+    """Both runs, one after the other (``cluster_faults.py`` runs them side by side)."""
+    prepared = prepare(work)
+    return {"ref": reference(work, prepared), **fault(cluster, nodes, work, prepared)}
+
+
+# The cluster: the head (driver, Train controllers, Ray Data's tasks, the reference run's
+# workers on REF_SLOT) and two worker nodes. The fault run's workers ask for SLOT, which
+# each worker node and the head offer once (a group of 2 still fits after a node dies),
+# and 1 CPU: a worker node's whole CPU, so nothing else (a Data task, a replacement teacher
+# replica) is placed on a node that is about to die.
+REF_SLOT = "ref_slot"
+HEAD = {"num_cpus": 5, "resources": {SLOT: 1, REF_SLOT: 2}}
 WORKER = {"num_cpus": 1, "resources": {SLOT: 1}}
 
 
