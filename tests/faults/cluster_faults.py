@@ -4,12 +4,16 @@
 once, and the scenarios run side by side (on 2 cores, most of their time is process
 start-up and polling, which overlaps well):
 
-1. the head starts; the uninterrupted Train run starts on the head's ``ref_slot``s, and
-   the teacher app is deployed; its replicas are placed on the head before the worker
-   nodes join, so neither can be lost with a worker node;
-2. the worker nodes join; the Train run that loses one (``train_node_loss.fault``)
-   starts, and the teacher scenario streams its requests and kills a replica
-   (``teacher_replica_loss.exercise``), under the load of both Train runs.
+1. the head starts; the uninterrupted Train run starts on the head's ``ref_slot``s, the
+   Train run that will lose a node (``train_node_loss.fault``) asks for its slots, and
+   the teacher app is deployed. Its replicas and ingress are placed while the head is
+   the only node, so the node kill cannot take one (the ingress asks for no CPU and
+   could otherwise land on a worker node);
+2. the worker nodes join. They offer a train slot and no CPU, so only the node-loss
+   run's workers ever land there (not a Data task, nor a replacement replica);
+3. the teacher scenario streams its requests and kills a replica
+   (``teacher_replica_loss.exercise``) under the load of both Train runs, while the
+   node-loss run trains, loses its node and resumes.
 
 Each scenario's measurements, or its traceback, go to OUT under its name.
 """
@@ -62,13 +66,16 @@ def main(out: Path) -> None:
         train_work = out.parent / "train_node_loss"
         ref: dict[str, Any] = {}
         ref_th = start(lambda: ref.update(_guarded(lambda: train.reference(train_work, made["train"]))))
-        served = _guarded(lambda: teacher.deploy(made["teacher"]))
-        mark("teacher replicas placed")
-        nodes = add_workers(cluster, [train.WORKER] * 2)
-        mark("worker nodes up")
+        # The node-loss run starts now too: its worker group waits for a second train slot
+        # (a worker node), and its node killer reads `nodes` only after a checkpoint.
+        nodes: list[Any] = []
         fault: dict[str, Any] = {}
         fault_th = start(lambda: fault.update(_guarded(lambda: train.fault(cluster, nodes, train_work,
                                                                            made["train"]))))
+        served = _guarded(lambda: teacher.deploy(made["teacher"]))
+        mark("teacher replicas placed")
+        nodes += add_workers(cluster, [train.WORKER] * 2)
+        mark("worker nodes up")
         report["teacher"] = served if "error" in served else _guarded(lambda: teacher.exercise(served))
         mark("teacher done")
         ref_th.join()

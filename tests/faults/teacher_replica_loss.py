@@ -108,9 +108,8 @@ def prepare(work: Path) -> Path:
 
 def deploy(model_dir: Path) -> dict[str, Any]:
     """Start Serve and the teacher app (2 model replicas) without waiting for it to be up;
-    return once its replica actors are placed on a node, with where they went. (The
-    cluster driver deploys before the worker nodes join, so the replicas live on the head
-    and the Train scenario's node kill cannot take one.)"""
+    return once its replica actors are placed on a node, with where they went (the
+    cluster driver deploys while the head is the only node)."""
     from ray import serve
 
     from mmtune.config import load_config

@@ -18,8 +18,11 @@ from tests.teacher.conftest import wrong_items
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    got = cluster_faults_report(tmp_path_factory.mktemp("cluster_faults"))["teacher"]
+    full = cluster_faults_report(tmp_path_factory.mktemp("cluster_faults"))
+    got = full["teacher"]
     assert not isinstance(got.get("error"), str), got.get("error")
+    # the premise of running beside the node kill: the app lives on the head, which is not killed
+    assert set(got["placed_on"].values()) == {full["head_node"]}, got["placed_on"]
     return got
 
 

@@ -176,7 +176,7 @@ def fault(cluster: Any, nodes: list[Any], work: Path, prepared: tuple[Path, Any]
 
     th = threading.Thread(target=kill_a_worker_node, daemon=True)
     th.start()
-    report: dict[str, Any] = {"fault": fit(trainer(student, table, store, "fault", fault_log, SLOT, 1.0))}
+    report: dict[str, Any] = {"fault": fit(trainer(student, table, store, "fault", fault_log, SLOT, 0.0))}
     th.join(timeout=30)
     report["fault"]["log"] = read_log(fault_log)
     report["chaos"] = chaos
@@ -194,13 +194,13 @@ def run(cluster: Any, nodes: list[Any], work: Path) -> dict[str, Any]:
 
 
 # The cluster: the head (driver, Train controllers, Ray Data's tasks, the reference run's
-# workers on REF_SLOT) and two worker nodes. The fault run's workers ask for SLOT, which
-# each worker node and the head offer once (a group of 2 still fits after a node dies),
-# and 1 CPU: a worker node's whole CPU, so nothing else (a Data task, a replacement teacher
-# replica) is placed on a node that is about to die.
+# workers on REF_SLOT, the teacher app) and two worker nodes. The fault run's workers ask
+# for one SLOT, which each worker node and the head offer once (a group of 2 still fits
+# after a node dies), and no CPU: the worker nodes offer none, so nothing else (a Data
+# task, a teacher replica, the reference run) is ever placed on a node that may die.
 REF_SLOT = "ref_slot"
-HEAD = {"num_cpus": 5, "resources": {SLOT: 1, REF_SLOT: 2}}
-WORKER = {"num_cpus": 1, "resources": {SLOT: 1}}
+HEAD = {"num_cpus": 4, "resources": {SLOT: 1, REF_SLOT: 2}}
+WORKER = {"num_cpus": 0, "resources": {SLOT: 1}}
 
 
 if __name__ == "__main__":  # standalone: python -m tests.faults.train_node_loss OUT.json
