@@ -333,6 +333,9 @@ class SearchConfig(_Section):
             raise ValueError(f"grace_period ({self.grace_period}) > rungs ({self.rungs})")
         return self
 
+    inline_data_mb: float = Field(
+        256.0, ge=0, description="training data of at most this many MB (local parquet) is read once by the driver "
+        "and handed to the workers through Ray's object store; larger data (or 0) streams through Ray Data")
 
 # --------------------------------------------------------------------------- eval
 class EvalConfig(_Section):

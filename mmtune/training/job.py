@@ -101,8 +101,14 @@ def run_train_job(cfg: RunConfig, paths: Sequence[str], *, tasks: Sequence[str] 
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a train job starts fresh; Ray Train resumes within one fit()
     run_dir.mkdir(parents=True)
-    ds = training_dataset(paths, tasks)
     tc = cfg.training
+    from mmtune.training.trainer import read_inline
+
+    # Small data (a round's selection) goes to the workers through the object store;
+    # large data streams through Ray Data (training.inline_data_mb, mmtune/training/trainer.py).
+    ds = read_inline(list(paths), tc.inline_data_mb, list(tasks) if tasks else None)
+    if ds is None:
+        ds = training_dataset(paths, tasks)
     progress(f"[train] student {student_path}; data {len(paths)} file(s)"
              + (f", tasks {list(tasks)}" if tasks else "")
              + f"; mode {tc.coordination.mode}, {tc.num_workers} worker(s), batch {tc.batch_size}")
@@ -129,7 +135,8 @@ def run_train_job(cfg: RunConfig, paths: Sequence[str], *, tasks: Sequence[str] 
 
     state = read_state(ckpt)
     outcome = TrainOutcome(run_dir=str(run_dir), adapter_dir=str(adapter) if adapter else None,
-                           checkpoint=str(ckpt), steps=int(state["step"]), samples=ds.count(),
+                           checkpoint=str(ckpt), steps=int(state["step"]),
+                           samples=ds.num_rows if hasattr(ds, "num_rows") else ds.count(),
                            seconds=round(seconds, 2), metrics=history[-1] if history else {})
     summary = {**asdict(outcome), "student": str(student_path), "data": list(paths),
                "tasks": list(tasks) if tasks else None, "config": cfg.to_dict()}

@@ -17,6 +17,12 @@ metrics (``mmtune.metrics``) and to the history kept in each checkpoint.
   failure may see other rows, which would break exact resume; the id-sorted stride is
   identical on every attempt. Memory holds ids only, so a corpus larger than memory
   trains; the cost is one extra id-only read and local disk for the worker's shard.
+* **Small data skips Ray Data.** A selection of a few hundred samples (mmtune's usual
+  round) is read once by the driver and handed to the workers through the object store
+  (``training.inline_data_mb``). The two Ray Data executions per worker cost 5–30 s each
+  on a 2-core machine, far more than the training steps of such a round; the workers then
+  plan, shard and spill exactly as above, so both paths train on the same rows in the
+  same order.
 * **Same κ on every rank.** The probe batch is drawn from the whole dataset (every worker
   has it), so all ranks measure the same κ on the same all-reduced update and keep the
   same per-group learning rates. Reported metrics are rank 0's (its local loss).
@@ -88,10 +94,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     spill_dir = Path(tempfile.mkdtemp(prefix=f"mmtune-shard-r{rank}-"))
     t_load = time.time()
+    if config.get("inline_data"):
+        table = _resolve_inline(config["inline_data"][0])
+        train_batches = (table.slice(i, 256) for i in range(0, table.num_rows, 256))
+        id_batches = [table.select(["id"])]
+    else:
+        train_batches = ray.train.get_dataset_shard("train").iter_batches(batch_size=256, batch_format="pyarrow")
+        id_batches = ray.train.get_dataset_shard("train_ids").iter_batches(batch_size=65536, batch_format="pyarrow")
     mine, probe_rows, probe_ids, n_total = load_shard(
-        ray.train.get_dataset_shard("train").iter_batches(batch_size=256, batch_format="pyarrow"),
-        ray.train.get_dataset_shard("train_ids").iter_batches(batch_size=65536, batch_format="pyarrow"),
-        rank, world, config.get("probe_size") or tc.coordination.probe_size, seed, spill_dir)
+        train_batches, id_batches, rank, world, config.get("probe_size") or tc.coordination.probe_size, seed,
+        spill_dir)
     total = total_steps_for(math.ceil(n_total / world), tc)
     if rank == 0:
         print(f"[train] {n_total} samples over {world} worker(s): {len(mine)} on rank 0, spilled to "
@@ -214,6 +226,47 @@ def resolve_use_gpu(use_gpu: Any) -> bool:
     return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
 
 
+def _resolve_inline(obj: Any) -> Any:
+    import ray
+
+    return ray.get(obj) if isinstance(obj, ray.ObjectRef) else obj
+
+
+def _local_size_mb(paths: list[str]) -> float | None:
+    """Total size of local files, or None when a path is remote (s3://, gs://) or missing."""
+    total = 0
+    for p in paths:
+        if "://" in p or not os.path.isfile(p):
+            return None
+        total += os.path.getsize(p)
+    return total / 2**20
+
+
+def read_inline(paths: list[str], max_mb: float, tasks: list[str] | None = None) -> Any:
+    """The training rows as one Arrow table when ``paths`` are local parquet files of at
+    most ``max_mb`` MB in all, else None (the caller streams them with Ray Data).
+
+    ``tasks`` keeps only rows of those tasks; a task the data does not have is an error
+    that names the tasks it does have (as :func:`mmtune.training.job.training_dataset`).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    size = _local_size_mb(paths)
+    if not paths or size is None or size > max_mb:
+        return None
+    cols = COLUMNS + (["task"] if tasks else [])
+    table = pa.concat_tables([pq.read_table(p, columns=cols) for p in paths], promote_options="default")
+    if tasks:
+        have = set(table.column("task").to_pylist())
+        unknown = sorted(set(tasks) - have)
+        if unknown:
+            raise ValueError(f"--tasks {unknown} not in the training data; it has: {sorted(have)}")
+        table = table.filter(pc.is_in(table.column("task"), pa.array(sorted(set(tasks))))).select(COLUMNS)
+    return table
+
+
 def build_trainer(training: Any, student: Any, student_path: str | Path, train_data: Any, *,
                   storage_path: str | Path, name: str, seed: int = 0, cpus_per_worker: float = 1.0,
                   torch_threads: int | None = None, probe_size: int | None = None,
@@ -224,27 +277,39 @@ def build_trainer(training: Any, student: Any, student_path: str | Path, train_d
     ``training``/``student`` are :class:`~mmtune.config.TrainingConfig` /
     :class:`~mmtune.config.StudentConfig`; ``student_path`` a directory
     :func:`~mmtune.models.student.load_student` reads; ``train_data`` parquet paths of the
-    Sample schema, or a ``ray.data.Dataset`` with at least the columns :data:`COLUMNS`
-    (e.g. already materialized). Checkpoints go to ``<storage_path>/<name>``.
+    Sample schema (read inline when small, see :func:`read_inline`), a ``pyarrow.Table``
+    (handed to the workers through the object store), or a ``ray.data.Dataset`` with at
+    least the columns :data:`COLUMNS` (streamed). Checkpoints go to ``<storage_path>/<name>``.
     ``worker_resources``: custom resources each worker also asks for (e.g. a label
     resource that pins workers to a node group), beside ``cpus_per_worker`` CPUs.
     """
+    import pyarrow as pa
     import ray.data
     import ray.train
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    ds = table = None
     if isinstance(train_data, ray.data.Dataset):
         ds = train_data.select_columns(COLUMNS)
+    elif isinstance(train_data, pa.Table):
+        table = train_data.select(COLUMNS)
     else:
         paths = [str(train_data)] if isinstance(train_data, (str, Path)) else [str(p) for p in train_data]
-        ds = ray.data.read_parquet(paths).select_columns(COLUMNS)
+        table = read_inline(paths, training.inline_data_mb)
+        if table is None:
+            ds = ray.data.read_parquet(paths).select_columns(COLUMNS)
     use_gpu = resolve_use_gpu(training.use_gpu)
     check_parallel(training.parallel, use_gpu, training.coordination.mode)
-    check_cpu_headroom(training.num_workers, cpus_per_worker, float(ray.cluster_resources().get("CPU", 0)))
+    if ds is not None:  # inline data needs no Ray Data read tasks, hence no spare CPU
+        check_cpu_headroom(training.num_workers, cpus_per_worker, float(ray.cluster_resources().get("CPU", 0)))
     config = {"training": training.model_dump(mode="json"), "student": student.model_dump(mode="json"),
               "student_path": str(student_path), "seed": int(seed), "torch_threads": torch_threads,
               "probe_size": probe_size, "run_name": name, **(extra_config or {})}
+    if table is not None:
+        # In a list, so no layer of Ray resolves the ref early; the driver holds it for
+        # the whole fit(), so restarted workers can fetch it again.
+        config["inline_data"] = [ray.put(table)]
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
@@ -254,7 +319,7 @@ def build_trainer(training: Any, student: Any, student_path: str | Path, train_d
                              failure_config=FailureConfig(max_failures=training.max_failures)),
         # "train_ids" is the same data pruned to its id column: workers plan their shard
         # from it without reading any image bytes (mmtune.training.shards).
-        datasets={"train": ds, "train_ids": ds.select_columns(["id"])},
+        datasets={} if ds is None else {"train": ds, "train_ids": ds.select_columns(["id"])},
         dataset_config=ray.train.DataConfig(datasets_to_split=[]),
     )
 

@@ -68,3 +68,28 @@ def test_training_dataset_keeps_only_the_named_tasks(ray_local, tmp_path):
     pq.write_table(pa.table({"id": [f"r{i}" for i in range(9)], "task": ["a", "b", "c"] * 3}), tmp_path / "d.parquet")
     ds = training_dataset([str(tmp_path / "d.parquet")], tasks=["a", "c"])
     assert sorted(r["id"] for r in ds.take_all()) == ["r0", "r2", "r3", "r5", "r6", "r8"]
+
+
+def test_small_data_is_read_inline_and_large_or_remote_data_streams(tmp_path):
+    """training.inline_data_mb: small local parquet is one Arrow table (no Ray Data), with
+    --tasks applied; over the limit, remote or missing paths return None (Ray Data streams)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mmtune.training.shards import COLUMNS
+    from mmtune.training.trainer import read_inline
+
+    rows = {"id": [f"r{i}" for i in range(6)], "task": ["a", "b", "c"] * 2, "instruction": ["q"] * 6,
+            "response": ["Answer: x"] * 6, "image": [b"\x89PNG"] * 6, "extra": [1] * 6}
+    pq.write_table(pa.table(rows).slice(0, 3), tmp_path / "p0.parquet")
+    pq.write_table(pa.table(rows).slice(3), tmp_path / "p1.parquet")
+    files = [str(tmp_path / "p0.parquet"), str(tmp_path / "p1.parquet")]
+    table = read_inline(files, 1.0)
+    assert table.column_names == COLUMNS and table.column("id").to_pylist() == rows["id"]
+    kept = read_inline(files, 1.0, tasks=["a", "c"])
+    assert kept.column_names == COLUMNS and kept.column("id").to_pylist() == ["r0", "r2", "r3", "r5"]
+    with pytest.raises(ValueError, match=r"\['nope'\] not in the training data; it has: \['a', 'b', 'c'\]"):
+        read_inline(files, 1.0, tasks=["nope"])
+    assert read_inline(files, 0.0) is None  # 0 = always stream
+    assert read_inline(["s3://bucket/p0.parquet"], 1e6) is None
+    assert read_inline([str(tmp_path / "missing.parquet")], 1e6) is None
