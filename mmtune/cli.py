@@ -73,8 +73,8 @@ def cmd_student_pretrain(args: argparse.Namespace) -> int:
     from mmtune.training.pretrain import ensure_generic_student
 
     cfg = _cfg(args)
-    if cfg.student.name_or_path != "tiny-llava":
-        raise ConfigError("student pretrain builds the 'tiny-llava' preset; "
+    if cfg.student.name_or_path not in ("tiny-llava", "tiny-qwen2-audio"):
+        raise ConfigError("student pretrain builds the 'tiny-llava' or 'tiny-qwen2-audio' preset; "
                           f"student.name_or_path is {cfg.student.name_or_path!r}, which is already pre-trained")
     out = ensure_generic_student(cfg, progress=_progress, force=args.force)
     print(out)
@@ -381,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.set_defaults(func=cmd_data_skillworld)
 
     st_p = sub.add_parser("student", help="the student model").add_subparsers(dest="sub", required=True)
-    pre = st_p.add_parser("pretrain", help="pre-train the tiny-llava generic student (cached)")
+    pre = st_p.add_parser("pretrain", help="pre-train the generic tiny-llava / tiny-qwen2-audio student (cached)")
     pre.add_argument("--force", action="store_true", help="retrain even when cached")
     _with_config(pre)
     pre.set_defaults(func=cmd_student_pretrain)

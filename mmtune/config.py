@@ -118,6 +118,35 @@ class TinyLlavaPreset(_Section):
         return self
 
 
+class TinyQwen2AudioPreset(_Section):
+    """Sizes of the ``tiny-qwen2-audio`` preset: transformers' real Qwen2-Audio classes (Whisper-style
+    audio encoder, linear projector, Qwen2 decoder), tiny config. The feature extractor's chunk (and so
+    the encoder's ``max_source_positions``) is ``data.skillworld.clip_seconds`` rounded up to whole
+    seconds, not Whisper's 30 s (docs/training.md, "Audio students")."""
+
+    num_mel_bins: int = Field(32, ge=8, le=128, description="log-mel bins of the feature extractor and the encoder")
+    audio_hidden: int = Field(64, ge=8)
+    audio_layers: int = Field(2, ge=1)
+    audio_heads: int = Field(4, ge=1)
+    audio_ffn: int = Field(128, ge=8)
+    text_hidden: int = Field(128, ge=8)
+    text_layers: int = Field(2, ge=1)
+    text_heads: int = Field(4, ge=1)
+    text_kv_heads: int = Field(2, ge=1)
+    text_intermediate: int = Field(256, ge=8)
+    vocab_size: int = Field(512, ge=300, description="upper bound on the locally trained BPE vocabulary")
+    max_position: int = Field(512, ge=64)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyQwen2AudioPreset:
+        for hidden, heads, name in ((self.audio_hidden, self.audio_heads, "audio_hidden/audio_heads"),
+                                    (self.text_hidden, self.text_heads, "text_hidden/text_heads"),
+                                    (self.text_heads, self.text_kv_heads, "text_heads/text_kv_heads")):
+            if hidden % heads:
+                raise ValueError(f"{name}: {hidden} is not divisible by {heads}")
+        return self
+
+
 class LoraSettings(_Section):
     enabled: bool = True
     r: int = Field(16, ge=1, description="LoRA rank (LLaVA-1.5 uses 128 at 7B; scaled down for tiny models)")
@@ -141,8 +170,10 @@ class PretrainConfig(_Section):
 
 class StudentConfig(_Section):
     name_or_path: str = Field(
-        "tiny-llava", description="'tiny-llava' (the embedded preset), an HF hub id, or a local HF directory")
+        "tiny-llava", description="'tiny-llava' (the embedded vision preset), 'tiny-qwen2-audio' (the embedded "
+        "audio preset), an HF hub id, or a local HF directory")
     preset: TinyLlavaPreset = TinyLlavaPreset()
+    audio_preset: TinyQwen2AudioPreset = TinyQwen2AudioPreset()
     pretrain: PretrainConfig = PretrainConfig()
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     image_max_pixels: int | None = Field(
@@ -150,6 +181,9 @@ class StudentConfig(_Section):
         "about pixels / 784 tokens per image); null = the checkpoint's own setting; fixed-size processors "
         "(LLaVA-1.5: 336x336) ignore it")
     freeze_vision_tower: bool = True
+    freeze_audio_tower: bool = Field(
+        True, description="freeze an audio student's encoder tower (Qwen2-Audio's audio_tower); "
+        "freeze_vision_tower applies to vision towers only")
     freeze_projector: bool = False
     freeze_llm: bool = False
     lora: LoraSettings = LoraSettings()
@@ -299,6 +333,9 @@ class TrainingConfig(_Section):
     max_failures: int = Field(2, ge=-1)
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs each Ray Train worker reserves (0.5 fits 2 workers on 2 cores)")
     torch_threads: int | None = Field(None, ge=1, description="torch threads per worker; null = torch's default")
+    inline_data_mb: float = Field(
+        256.0, ge=0, description="training data of at most this many MB (local parquet) is read once by the driver "
+        "and handed to the workers through Ray's object store; larger data (or 0) streams through Ray Data")
     log_every: int = Field(10, ge=1, description="steps between progress lines")
     report_every: int = Field(
         10, ge=1, description="steps between ray.train.report calls (Ray Train polls reports every 2 s, so "
@@ -333,9 +370,6 @@ class SearchConfig(_Section):
             raise ValueError(f"grace_period ({self.grace_period}) > rungs ({self.rungs})")
         return self
 
-    inline_data_mb: float = Field(
-        256.0, ge=0, description="training data of at most this many MB (local parquet) is read once by the driver "
-        "and handed to the workers through Ray's object store; larger data (or 0) streams through Ray Data")
 
 # --------------------------------------------------------------------------- eval
 class EvalConfig(_Section):

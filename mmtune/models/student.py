@@ -1,14 +1,20 @@
-"""Building the student: load any HF VLM, freeze, wrap with LoRA, and split parameter groups.
+"""Building the student: load any HF VLM or audio LLM, freeze, wrap with LoRA, and split parameter groups.
 
 CoMMIT coordinates two components, so every student exposes two named parameter groups:
 
-* ``encoder``: the projector, plus the vision tower when it is not frozen (CoMMIT's S);
+* ``encoder``: the projector, plus the encoder tower (vision or audio) when it is not
+  frozen (CoMMIT's S);
 * ``llm``: the LoRA adapters of the language model, or the whole LLM without LoRA (T).
 
 Module names differ by architecture; :data:`ARCHITECTURES` holds the patterns for the
-families we test (LLaVA, Qwen2-VL/Qwen2.5-VL) and a generic fallback that matches the
-usual HF naming (``vision``/``visual`` towers, ``projector``/``merger`` connectors,
-``language_model`` decoders).
+families we test (LLaVA, Qwen2-VL/Qwen2.5-VL, Qwen2-Audio) and generic fallbacks that match
+the usual HF naming (``vision``/``visual``/``audio`` towers, ``projector``/``merger``
+connectors, ``language_model`` decoders).
+
+Freeze flags map onto the tower by its modality: ``student.freeze_vision_tower`` freezes a
+vision tower (LLaVA's ``vision_tower``, Qwen2-VL's ``visual``), ``student.freeze_audio_tower``
+an audio tower (Qwen2-Audio's ``audio_tower``); ``freeze_projector`` and ``freeze_llm`` mean
+the same for both.
 """
 
 from __future__ import annotations
@@ -35,15 +41,20 @@ GROUPS = ("encoder", "llm")
 
 @dataclass(frozen=True)
 class ModulePatterns:
-    """Regexes (``re.search`` over parameter names) locating an architecture's parts."""
+    """Regexes (``re.search`` over parameter names) locating an architecture's parts.
 
-    vision: str
+    ``tower`` is the modality encoder (a vision tower, or an audio tower when ``modality`` is
+    "audio"); its freeze flag is ``student.freeze_<modality>_tower``.
+    """
+
+    tower: str
     projector: str
     llm: str
     projector_module: str  # suffix PEFT's modules_to_save matches
-    vision_module: str
+    tower_module: str
     lora_target: str  # fullmatch regex over module names, PEFT's ``target_modules``
-    projector_in_vision: bool = False
+    projector_in_tower: bool = False
+    modality: str = "vision"
 
 
 # LLaVA-1.5 tunes every linear layer of the LLM with LoRA; we default to the same.
@@ -51,39 +62,72 @@ _LLM_LINEAR = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_pr
 
 ARCHITECTURES: dict[str, ModulePatterns] = {
     "llava": ModulePatterns(
-        vision=r"(^|\.)vision_tower\.",
+        tower=r"(^|\.)vision_tower\.",
         projector=r"(^|\.)multi_modal_projector\.",
         llm=r"(^|\.)(language_model|lm_head)\.",
         projector_module="multi_modal_projector",
-        vision_module="vision_tower",
+        tower_module="vision_tower",
         lora_target=_LLM_LINEAR,
     ),
     "qwen2_vl": ModulePatterns(
-        vision=r"(^|\.)visual\.(?!merger)",
+        tower=r"(^|\.)visual\.(?!merger)",
         projector=r"(^|\.)visual\.merger\.",
         llm=r"(^|\.)(language_model|lm_head)\.",
         projector_module="merger",
-        vision_module="visual",
+        tower_module="visual",
         lora_target=_LLM_LINEAR,
-        projector_in_vision=True,
+        projector_in_tower=True,
+    ),
+    # Qwen2-Audio: model.audio_tower (Whisper-style encoder, whose attention also has q/k/v
+    # projections: the LoRA regex must stay inside language_model), model.multi_modal_projector
+    # (one Linear), model.language_model (Qwen2), lm_head.
+    "qwen2_audio": ModulePatterns(
+        tower=r"(^|\.)audio_tower\.",
+        projector=r"(^|\.)multi_modal_projector\.",
+        llm=r"(^|\.)(language_model|lm_head)\.",
+        projector_module="multi_modal_projector",
+        tower_module="audio_tower",
+        lora_target=_LLM_LINEAR,
+        modality="audio",
     ),
 }
 ARCHITECTURES["llava_next"] = ARCHITECTURES["llava"]
 ARCHITECTURES["llava_onevision"] = ARCHITECTURES["llava"]
 ARCHITECTURES["qwen2_5_vl"] = ARCHITECTURES["qwen2_vl"]
 _GENERIC = ModulePatterns(
-    vision=r"(^|\.)(vision_tower|vision_model|visual|image_encoder)\.(?!merger)",
+    tower=r"(^|\.)(vision_tower|vision_model|visual|image_encoder)\.(?!merger)",
     projector=r"(^|\.)(multi_modal_projector|mm_projector|merger|connector|aligner)\.",
     llm=r"(^|\.)(language_model|lm_head|text_model)\.",
     projector_module="multi_modal_projector",
-    vision_module="vision_tower",
+    tower_module="vision_tower",
     lora_target=_LLM_LINEAR,
+)
+# A model whose config has an audio_config and no vision_config (Voxtral and most HF audio LLMs
+# name their parts this way).
+_GENERIC_AUDIO = ModulePatterns(
+    tower=r"(^|\.)(audio_tower|audio_encoder|audio_model|speech_encoder)\.",
+    projector=r"(^|\.)(multi_modal_projector|audio_projector|mm_projector|projector|connector)\.",
+    llm=r"(^|\.)(language_model|lm_head|text_model)\.",
+    projector_module="multi_modal_projector",
+    tower_module="audio_tower",
+    lora_target=_LLM_LINEAR,
+    modality="audio",
 )
 
 
 def patterns_for(model: PreTrainedModel) -> ModulePatterns:
-    model_type = getattr(getattr(model, "config", None), "model_type", "")
-    return ARCHITECTURES.get(model_type, _GENERIC)
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", "")
+    if model_type in ARCHITECTURES:
+        return ARCHITECTURES[model_type]
+    if getattr(config, "audio_config", None) is not None and getattr(config, "vision_config", None) is None:
+        return _GENERIC_AUDIO
+    return _GENERIC
+
+
+def tower_frozen(cfg: StudentConfig, pat: ModulePatterns) -> bool:
+    """The freeze flag of ``pat``'s tower: ``freeze_audio_tower`` for audio, else ``freeze_vision_tower``."""
+    return cfg.freeze_audio_tower if pat.modality == "audio" else cfg.freeze_vision_tower
 
 
 def _torch_dtype(name: str) -> Any:
@@ -123,16 +167,36 @@ def refuse_pickle(src: str | Path) -> Iterator[None]:
             "model.save_pretrained(dir, safe_serialization=True)") from None
 
 
+def auto_model_class(src: str, trust_remote_code: bool = False) -> type:
+    """The Auto class that loads ``src``: ``AutoModelForImageTextToText`` for VLMs (LLaVA,
+    Qwen2-VL, ...), ``AutoModelForMultimodalLM`` for audio LLMs it does not map (Qwen2-Audio,
+    Voxtral, ...), chosen by the config's ``model_type``."""
+    from transformers import AutoConfig, AutoModelForMultimodalLM
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+        MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES,
+    )
+
+    model_type = AutoConfig.from_pretrained(src, trust_remote_code=trust_remote_code).model_type
+    if model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES and model_type in MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES:
+        return AutoModelForMultimodalLM
+    return AutoModelForImageTextToText
+
+
 def load_student(name_or_path: str | Path, cfg: StudentConfig) -> tuple[PreTrainedModel, Any]:
-    """Load a VLM and its processor by hub id or local directory.
+    """Load a VLM or audio LLM and its processor by hub id or local directory.
 
     ``AutoModelForImageTextToText`` resolves LLaVA, Qwen2-VL and most HF VLMs from their
-    config; a local directory written by :func:`save_student` loads the same way.
+    config, ``AutoModelForMultimodalLM`` Qwen2-Audio and other audio LLMs
+    (:func:`auto_model_class`); a local directory written by :func:`save_student` loads the
+    same way. ``trust_remote_code`` stays off unless ``student.trust_remote_code`` is set.
     """
+    from mmtune.models.presets import PRESETS
+
     src = str(name_or_path)
-    if src == "tiny-llava":
+    if src in PRESETS:
         raise ValueError(
-            "'tiny-llava' is a preset, not a checkpoint: run `mmtune student pretrain --config ...` "
+            f"{src!r} is a preset, not a checkpoint: run `mmtune student pretrain --config ...` "
             "(or mmtune.training.pretrain.ensure_generic_student) to build it, then load its directory")
     missing = missing_local_model(name_or_path, "student.name_or_path")
     if missing:
@@ -141,7 +205,7 @@ def load_student(name_or_path: str | Path, cfg: StudentConfig) -> tuple[PreTrain
         processor = load_processor(src, trust_remote_code=cfg.trust_remote_code)
         # Weights load as safetensors, or from a .bin with weights_only=True (never unpickled code).
         with refuse_pickle(src):
-            model = AutoModelForImageTextToText.from_pretrained(
+            model = auto_model_class(src, cfg.trust_remote_code).from_pretrained(
                 src, dtype=_torch_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code, weights_only=True)
     except OSError as e:
         raise OSError(
@@ -255,28 +319,35 @@ def apply_freeze(model: PreTrainedModel, cfg: StudentConfig) -> None:
     """Set ``requires_grad`` from the freeze flags (before LoRA wraps the model).
 
     With LoRA enabled the base LLM is always frozen; ``freeze_llm`` then means "no
-    adapters either".
+    adapters either". The tower follows ``freeze_vision_tower`` or ``freeze_audio_tower``
+    by its modality (:func:`tower_frozen`).
     """
     pat = patterns_for(model)
-    vision, proj, llm = re.compile(pat.vision), re.compile(pat.projector), re.compile(pat.llm)
-    unused = unused_vision_params(model)
+    tower, proj, llm = re.compile(pat.tower), re.compile(pat.projector), re.compile(pat.llm)
+    fixed = fixed_tower_params(model)
+    frozen = tower_frozen(cfg, pat)
     for name, p in model.named_parameters():
         if proj.search(name):
             p.requires_grad_(not cfg.freeze_projector)
-        elif vision.search(name):
-            p.requires_grad_(not cfg.freeze_vision_tower and not (unused and unused.search(name)))
+        elif tower.search(name):
+            p.requires_grad_(not frozen and not (fixed and fixed.search(name)))
         elif llm.search(name):
             p.requires_grad_(not cfg.freeze_llm and not cfg.lora.enabled)
         else:
             p.requires_grad_(False)
 
 
-def unused_vision_params(model: PreTrainedModel) -> re.Pattern | None:
-    """Vision-tower parameters a LLaVA-style model never uses: the encoder layers after
-    ``vision_feature_layer`` and the final layernorm (LLaVA-1.5 reads the penultimate CLIP
-    layer's hidden states). They get no gradient, so with the tower unfrozen they stay
-    frozen: DDP refuses trainable parameters that take no part in the loss.
+def fixed_tower_params(model: PreTrainedModel) -> re.Pattern | None:
+    """Tower parameters that stay frozen when the tower is unfrozen.
+
+    * LLaVA-style models never use the vision encoder layers after ``vision_feature_layer``
+      or the final layernorm (LLaVA-1.5 reads the penultimate CLIP layer's hidden states).
+      They get no gradient, and DDP refuses trainable parameters that take no part in the loss.
+    * Qwen2-Audio's ``embed_positions`` are Whisper's fixed sinusoids (the encoder builds them
+      with ``requires_grad_(False)``); unfreezing the tower must not start training them.
     """
+    if patterns_for(model) is ARCHITECTURES["qwen2_audio"]:
+        return re.compile(r"(^|\.)audio_tower\.(.*\.)?embed_positions\.")
     if patterns_for(model) is not ARCHITECTURES["llava"]:
         return None
     layer = getattr(model.config, "vision_feature_layer", None)
@@ -305,10 +376,10 @@ def apply_lora(model: PreTrainedModel, cfg: StudentConfig) -> PreTrainedModel:
     pat = patterns_for(model)
     target = lora_target(model, cfg.lora)
     to_save = []
-    if not cfg.freeze_vision_tower:
-        to_save.append(pat.vision_module)
+    if not tower_frozen(cfg, pat):
+        to_save.append(pat.tower_module)
     # Qwen2-VL's merger lives inside ``visual``: saving the tower already saves it.
-    if not cfg.freeze_projector and not (to_save and pat.projector_in_vision):
+    if not cfg.freeze_projector and not (to_save and pat.projector_in_tower):
         to_save.append(pat.projector_module)
     lcfg = LoraConfig(
         r=cfg.lora.r,
@@ -319,11 +390,11 @@ def apply_lora(model: PreTrainedModel, cfg: StudentConfig) -> PreTrainedModel:
         task_type=None,
     )
     base_dtype = next(model.parameters()).dtype
-    unused = unused_vision_params(model)
+    fixed = fixed_tower_params(model)
     peft_model = get_peft_model(model, lcfg)
-    if unused is not None:  # PEFT made every parameter of the tower's trainable copy trainable
+    if fixed is not None:  # PEFT made every parameter of the tower's trainable copy trainable
         for name, p in peft_model.named_parameters():
-            if unused.search(name):
+            if fixed.search(name):
                 p.requires_grad_(False)
     upcast_saved_modules(peft_model, base_dtype)
     return peft_model
@@ -381,7 +452,7 @@ def _cast_output_to(dtype: torch.dtype):
 
 
 def lora_target(model: PreTrainedModel, lora: LoraSettings) -> str:
-    """The LoRA target regex, checked to hit at least one module (and no vision module)."""
+    """The LoRA target regex, checked to hit at least one module (and no tower module)."""
     regex = lora.target_regex or patterns_for(model).lora_target
     rx = re.compile(regex)
     hits = [n for n, _ in model.named_modules() if rx.fullmatch(n)]
@@ -401,7 +472,7 @@ def param_groups(model: torch.nn.Module) -> dict[str, list[tuple[str, torch.nn.P
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     pat = patterns_for(base)
-    enc = re.compile(f"{pat.vision}|{pat.projector}")
+    enc = re.compile(f"{pat.tower}|{pat.projector}")
     llm = re.compile(pat.llm)
     groups: dict[str, list[tuple[str, torch.nn.Parameter]]] = {g: [] for g in GROUPS}
     stray = []
@@ -465,3 +536,6 @@ def adapter_mismatch(adapter_dir: str | Path, base: Any, err: BaseException) -> 
     return (f"the adapter in {adapter_dir} was trained on a different model ({trained_on or 'unknown base'}) and "
             f"does not fit {base_name} ({first[:300]}); load it onto the student it was trained from, or train a "
             "new adapter for this one")
+
+
+unused_vision_params = fixed_tower_params  # the pre-audio name

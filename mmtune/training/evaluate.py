@@ -12,21 +12,22 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from mmtune.config import RunConfig, StudentConfig
+from mmtune.data.answers import answers_match, extract_answer, majority_baseline
 from mmtune.models.inputs import encode_for_generation, move_to
 from mmtune.models.student import load_adapter, load_student
-from mmtune.data.answers import answers_match, extract_answer, majority_baseline
 
 log = logging.getLogger(__name__)
 
-EVAL_COLUMNS = ["id", "task", "image", "instruction", "answer", "options"]
+EVAL_COLUMNS = ["id", "task", "image", "audio", "instruction", "answer", "options"]
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -37,13 +38,19 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 @torch.no_grad()
 def generate(model: Any, processor: Any, instructions: Sequence[str], images: Sequence[bytes | None],
-             max_new_tokens: int) -> list[str]:
-    """Greedy decoding of a batch; returns only the newly generated text."""
+             max_new_tokens: int, audios: Sequence[bytes | None] | None = None,
+             ids: Sequence[Any] | None = None) -> list[str]:
+    """Greedy decoding of a batch; returns only the newly generated text.
+
+    ``images``/``audios``: one entry (encoded bytes or None) per instruction; ``ids`` name the
+    samples in decoding errors.
+    """
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    batch = move_to(encode_for_generation(processor, instructions, images), device)
-    if "pixel_values" in batch:
-        batch["pixel_values"] = batch["pixel_values"].to(dtype)
+    batch = move_to(encode_for_generation(processor, instructions, images, audios, ids=ids), device)
+    for key in ("pixel_values", "input_features"):  # media features in the model's dtype (bf16 on GPU)
+        if key in batch:
+            batch[key] = batch[key].to(dtype)
     tok = getattr(processor, "tokenizer", processor)
     out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                          pad_token_id=tok.pad_token_id)
@@ -79,8 +86,9 @@ class Predictor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images = [None if b is None else bytes(b) for b in batch["image"]]
+        audios = [None if b is None else bytes(b) for b in batch["audio"]] if "audio" in batch else None
         texts = generate(self.model, self.processor, list(batch["instruction"]), images,
-                         self.max_new_tokens)
+                         self.max_new_tokens, audios=audios, ids=list(batch["id"]))
         preds = [extract_answer(t) for t in texts]
         opts = [_options(o) for o in batch["options"]]
         correct = [answers_match(p, g, o) for p, g, o in zip(preds, batch["answer"], opts)]

@@ -27,8 +27,8 @@ No Ray here: the Ray Train adapter (:mod:`mmtune.training.trainer`) calls
   The cosine schedule spans the total, so a resumed run must be given the same total
   (checked against the checkpoint).
 * **Probe batch** for κ: ``probe_size`` samples from ``4 × probe_size`` candidates picked
-  by a permutation seeded with ``seed`` (image-bearing candidates first, as D_S is 0
-  without images); their ids are stored in the checkpoint and the same samples are used
+  by a permutation seeded with ``seed`` (candidates with an image or audio first, as D_S is 0
+  without them); their ids are stored in the checkpoint and the same samples are used
   after a resume.
 * **Gradient clipping** at ``max_grad_norm`` (1.0, LLaVA-1.5's value) over all trainable
   parameters together; per-group norms are logged *before* clipping. Under coordinate
@@ -123,15 +123,16 @@ def total_steps_for(n_samples: int, cfg: Any) -> int:
 
 
 def pick_probe_ids(samples: Sequence[Mapping[str, Any]], size: int, seed: int) -> list[str]:
-    """``size`` sample ids for the fixed κ probe batch [ours]: seeded candidates, image-bearing
-    first (see :mod:`mmtune.training.shards`, which makes the same choice out of core)."""
+    """``size`` sample ids for the fixed κ probe batch [ours]: seeded candidates, those with an
+    image or audio first (see :mod:`mmtune.training.shards`, which makes the same choice out of core)."""
     cand = [samples[i] for i in probe_candidate_indices(len(samples), size, seed)]
     return image_first(cand, size)
 
 
 def encode(processor: Any, rows: Sequence[Mapping[str, Any]], device: torch.device) -> dict[str, Any]:
     batch = encode_for_training(processor, [r["instruction"] for r in rows], [r["response"] for r in rows],
-                                [r.get("image") for r in rows])
+                                [r.get("image") for r in rows], [r.get("audio") for r in rows],
+                                ids=[r.get("id") for r in rows])
     return move_to(batch, device)
 
 
@@ -161,7 +162,7 @@ def run_training(model: torch.nn.Module, processor: Any, samples: Sequence[Mappi
     """Train ``model`` (a student after :func:`~mmtune.models.student.apply_lora`) on ``samples``.
 
     * ``samples``: indexable rows of the Sample schema (``id``, ``instruction``,
-      ``response``, ``image`` bytes or None); a worker's whole shard.
+      ``response``, ``image`` and/or ``audio`` bytes or None); a worker's whole shard.
     * ``cfg``: :class:`mmtune.config.TrainingConfig` (lr, batch_size, epochs/max_steps,
       warmup_ratio, weight_decay, checkpoint_every, coordination).
     * ``total_steps``: the schedule's length; default :func:`total_steps_for`.

@@ -1,15 +1,18 @@
 """Pre-training the demo's *generic* student: a plain torch loop, cached by config hash.
 
-This builds the stand-in for "LLaVA-1.5 before adaptation": the ``tiny-llava`` preset
-trained from random initialisation (all parameters) on SkillWorld's long-tail generic mix.
-It is not the coordinated tuning of later rounds (that is Ray Train + CoMMIT); it only
-has to produce a reasonable generic model once, so a second ``make demo`` reuses it.
+This builds the stand-in for "LLaVA-1.5 before adaptation" (or "Qwen2-Audio before
+adaptation"): the ``tiny-llava`` preset on the vision SkillWorld, or the ``tiny-qwen2-audio``
+preset on the audio SkillWorld, trained from random initialisation (all parameters) on the
+long-tail generic mix. It is not the coordinated tuning of later rounds (that is Ray Train +
+CoMMIT); it only has to produce a reasonable generic model once, so a second ``make demo``
+reuses it.
 """
 
 from __future__ import annotations
 
 import math
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -21,14 +24,34 @@ from transformers import get_cosine_schedule_with_warmup
 from mmtune.config import RunConfig, config_hash
 from mmtune.data.catalog import DataPaths, data_paths, skillworld_key
 from mmtune.models.inputs import encode_for_training
-from mmtune.models.presets import build_tiny_llava
+from mmtune.models.presets import PRESETS, build_preset
 from mmtune.models.student import save_student
 
 META_FILE = "mmtune_student.json"
+AUDIO_PRESET = "tiny-qwen2-audio"
+PRESET_MODALITY = {"tiny-llava": "vision", AUDIO_PRESET: "audio"}
+
+
+def preset_name(cfg: RunConfig) -> str:
+    """The preset ``student.name_or_path`` names (``tiny-llava`` when it names a model)."""
+    name = cfg.student.name_or_path
+    return name if name in PRESETS else "tiny-llava"
 
 
 def student_key(cfg: RunConfig) -> str:
-    """Everything that determines the generic student's weights."""
+    """Everything that determines the generic student's weights.
+
+    The vision preset's key is the one it always had (its sizes live in ``student.preset``);
+    the audio preset's adds its name and hashes ``student.audio_preset`` instead.
+    """
+    if preset_name(cfg) == AUDIO_PRESET:
+        return config_hash({
+            "student": AUDIO_PRESET,
+            "data": skillworld_key(cfg),
+            "preset": cfg.student.audio_preset.model_dump(mode="json"),
+            "pretrain": cfg.student.pretrain.model_dump(mode="json", exclude={"log_every", "threads"}),
+            "seed": cfg.run.shared_seed,
+        })
     return config_hash({
         "data": skillworld_key(cfg),
         "preset": cfg.student.preset.model_dump(mode="json"),
@@ -38,13 +61,13 @@ def student_key(cfg: RunConfig) -> str:
 
 
 def student_dir(cfg: RunConfig) -> Path:
-    return Path(cfg.run.cache_dir) / "students" / f"tiny-llava-{student_key(cfg)}"
+    return Path(cfg.run.cache_dir) / "students" / f"{preset_name(cfg)}-{student_key(cfg)}"
 
 
 def resolve_student(cfg: RunConfig, progress=print) -> Path | str:
     """The student a run starts from: the cached generic student for the preset (built on
     first use), else the user's hub id or directory as given."""
-    if cfg.student.name_or_path == "tiny-llava":
+    if cfg.student.name_or_path in PRESETS:
         return ensure_generic_student(cfg, progress=progress)
     return cfg.student.name_or_path
 
@@ -75,22 +98,82 @@ def _read_texts(paths: list[Path], columns: list[str]) -> dict[str, list[Any]]:
     return cols
 
 
+def check_modality(cfg: RunConfig) -> None:
+    """The preset must match the SkillWorld family it is pre-trained on."""
+    name, sw = preset_name(cfg), cfg.data.skillworld
+    want = PRESET_MODALITY[name]
+    if cfg.data.source == "skillworld" and sw.modality != want:
+        other = next(p for p, m in PRESET_MODALITY.items() if m == sw.modality)
+        raise ValueError(f"student.name_or_path={name} is a {want} student but data.skillworld.modality is "
+                         f"{sw.modality!r}; set data.skillworld.modality={want}, or student.name_or_path={other}")
+
+
+class _AudioRows:
+    """The generic mix's columns, with the WAV bytes in a memory-mapped Arrow file.
+
+    12,000 two-second clips are 0.77 GB of WAV; read into Python they would sit in the driver
+    for the whole pre-training. Spilled once (mmtune.training.shards, the Ray workers' out-of-core
+    format), a batch reads only its own clips.
+    """
+
+    def __init__(self, paths: list[Path], spill_dir: Path):
+        from mmtune.training.shards import ArrowRows, spill
+
+        cols = ["id", "instruction", "response", "audio"]
+        ids = _read_texts(paths, ["id"])["id"]
+        batches = (b for p in paths for b in pq.ParquetFile(p).iter_batches(batch_size=256, columns=cols))
+        spill(batches, set(map(str, ids)), spill_dir / "generic.arrow")
+        self.rows = ArrowRows(spill_dir / "generic.arrow", [str(i) for i in ids])
+        texts = _read_texts(paths, ["instruction", "response"])
+        self.instruction, self.response = texts["instruction"], texts["response"]
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "audio":
+            return _Column(self.rows, "audio")
+        if key == "image":
+            return _Column(None, "image")
+        return {"instruction": self.instruction, "response": self.response}[key]
+
+
+class _Column:
+    def __init__(self, rows: Any, name: str):
+        self.rows, self.name = rows, name
+
+    def __getitem__(self, i: int) -> Any:
+        return None if self.rows is None else self.rows[i][self.name]
+
+
 def pretrain_student(cfg: RunConfig, paths: DataPaths, out_dir: Path, progress=print) -> dict[str, Any]:
+    check_modality(cfg)
+    if preset_name(cfg) == AUDIO_PRESET:
+        with tempfile.TemporaryDirectory(prefix=out_dir.name + ".spill-", dir=out_dir.parent) as spill_dir:
+            if not paths.generic_train:
+                raise ValueError(f"no generic training shards under {paths.root}; regenerate SkillWorld")
+            return _pretrain(cfg, paths, out_dir, progress, _AudioRows(paths.generic_train, Path(spill_dir)))
+    return _pretrain(cfg, paths, out_dir, progress, None)
+
+
+def _pretrain(cfg: RunConfig, paths: DataPaths, out_dir: Path, progress, train: Any) -> dict[str, Any]:
     pc = cfg.student.pretrain
+    name = preset_name(cfg)
+    audio = name == AUDIO_PRESET
     if pc.threads:
         torch.set_num_threads(pc.threads)
     torch.manual_seed(cfg.run.shared_seed)
     if not paths.generic_train:
         raise ValueError(f"no generic training shards under {paths.root}; regenerate SkillWorld")
-    train = _read_texts(paths.generic_train, ["instruction", "response", "image"])
+    if train is None:
+        train = _read_texts(paths.generic_train, ["instruction", "response", "image"])
     corpus_text = _read_texts(paths.corpus, ["instruction", "response"])
     texts = (train["instruction"] + train["response"] + corpus_text["instruction"]
              + corpus_text["response"])
-    model, processor = build_tiny_llava(cfg.student.preset, texts, cfg.data.skillworld.image_size)
+    preset = cfg.student.audio_preset if audio else cfg.student.preset
+    model, processor = build_preset(name, preset, texts, image_size=cfg.data.skillworld.image_size,
+                                    clip_seconds=cfg.data.skillworld.clip_seconds)
     model.train()
     n = len(train["instruction"])
     n_params = sum(p.numel() for p in model.parameters())
-    progress(f"[student] pre-training tiny-llava ({n_params / 1e6:.2f}M params) on {n} generic "
+    progress(f"[student] pre-training {name} ({n_params / 1e6:.2f}M params) on {n} generic "
              f"samples for {pc.steps} steps × batch {pc.batch_size} "
              f"(~{pc.steps * pc.batch_size / n:.1f} epochs)")
 
@@ -110,9 +193,14 @@ def pretrain_student(cfg: RunConfig, paths: DataPaths, out_dir: Path, progress=p
             cursor = 0
         idx = order[cursor:cursor + pc.batch_size]
         cursor += pc.batch_size
-        batch = encode_for_training(processor, [train["instruction"][i] for i in idx],
-                                    [train["response"][i] for i in idx],
-                                    [train["image"][i] for i in idx])
+        if audio:
+            batch = encode_for_training(processor, [train["instruction"][i] for i in idx],
+                                        [train["response"][i] for i in idx], [None] * len(idx),
+                                        [train["audio"][i] for i in idx])
+        else:
+            batch = encode_for_training(processor, [train["instruction"][i] for i in idx],
+                                        [train["response"][i] for i in idx],
+                                        [train["image"][i] for i in idx])
         loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -140,7 +228,8 @@ def pretrain_student(cfg: RunConfig, paths: DataPaths, out_dir: Path, progress=p
         "samples_per_s": round(pc.steps * pc.batch_size / elapsed, 1),
         "loss_curve": losses,
         "torch_threads": torch.get_num_threads(),
-        "config": {"preset": cfg.student.preset.model_dump(mode="json"),
+        "student": name,
+        "config": {"preset": preset.model_dump(mode="json"),
                    "pretrain": pc.model_dump(mode="json"),
                    "skillworld": cfg.data.skillworld.model_dump(mode="json")},
     }

@@ -31,11 +31,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-COLUMNS = ["id", "instruction", "response", "image"]
+COLUMNS = ["id", "instruction", "response", "image", "audio"]
 SPILL_SCHEMA = pa.schema([("id", pa.string()), ("instruction", pa.string()), ("response", pa.string()),
-                          ("image", pa.binary())])
-# The probe is drawn image-first from this many times probe_size seeded candidates (D_S
-# is 0 on text-only samples, so the probe wants images when the data has them).
+                          ("image", pa.binary()), ("audio", pa.binary())])
+# The media columns: a batch may lack one (rows built by hand, an image-only table); the spill
+# file then lacks it too, so a row reads back exactly as it was given.
+MEDIA = ("image", "audio")
+# The probe is drawn media-first from this many times probe_size seeded candidates (D_S
+# is 0 on text-only samples, so the probe wants images or audio when the data has them).
 PROBE_CANDIDATES = 4
 
 
@@ -45,10 +48,17 @@ def probe_candidate_indices(n: int, size: int, seed: int) -> list[int]:
     return torch.randperm(n, generator=g)[: PROBE_CANDIDATES * size].tolist()
 
 
-def image_first(rows: Sequence[dict[str, Any]], size: int) -> list[str]:
-    """The first ``size`` ids of ``rows`` (candidate order), image-bearing rows first (stable)."""
-    order = sorted(range(len(rows)), key=lambda i: rows[i].get("image") is None)
+def has_media(row: dict[str, Any]) -> bool:
+    return any(row.get(m) is not None for m in MEDIA)
+
+
+def media_first(rows: Sequence[dict[str, Any]], size: int) -> list[str]:
+    """The first ``size`` ids of ``rows`` (candidate order), rows with an image or audio first (stable)."""
+    order = sorted(range(len(rows)), key=lambda i: not has_media(rows[i]))
     return [str(rows[i]["id"]) for i in order[:size]]
+
+
+image_first = media_first  # the pre-audio name (mmtune.training.loop imports it)
 
 
 def plan_shard(ids: Iterable[str], rank: int, world: int, probe_size: int, seed: int
@@ -105,27 +115,58 @@ def _as_table(batch: Any) -> pa.Table:
     return pa.Table.from_pandas(batch, preserve_index=False)  # pragma: no cover - pandas batches
 
 
+def _spill_schema(first: pa.Table | None) -> pa.Schema:
+    """:data:`SPILL_SCHEMA` less the media columns the first batch does not have."""
+    names = [f.name for f in SPILL_SCHEMA
+             if f.name not in MEDIA or first is None or f.name in first.column_names]
+    return pa.schema([SPILL_SCHEMA.field(n) for n in names])
+
+
+def _conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``t``'s columns in ``schema``; a media column the batch lacks is null, one the file lacks
+    must be all null (refused otherwise: those bytes would be dropped)."""
+    for m in MEDIA:
+        if m in t.column_names and m not in schema.names and t.column(m).null_count != t.num_rows:
+            raise ValueError(f"a later batch has a {m!r} column the first batch did not have; give every batch "
+                             f"the same columns (the Sample schema has {', '.join(COLUMNS)})")
+        if m not in t.column_names and m in schema.names:
+            t = t.append_column(m, pa.nulls(t.num_rows, pa.binary()))
+    return t.select(schema.names).cast(schema)
+
+
 def spill(batches: Iterable[Any], keep: set[str], path: str | Path, progress=None) -> int:
     """Append the rows of ``batches`` whose id is in ``keep`` to an Arrow IPC file.
 
-    ``batches`` are pyarrow tables (or column dicts) with at least :data:`COLUMNS`, e.g.
-    ``iterator.iter_batches(batch_format="pyarrow")``. Returns the number of rows written.
+    ``batches`` are pyarrow tables (or column dicts) with :data:`COLUMNS` (a media column may be
+    missing: see :data:`MEDIA`), e.g. ``iterator.iter_batches(batch_format="pyarrow")``. Returns
+    the number of rows written.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     keep_arr = pa.array(sorted(keep), type=pa.string())
     written = seen = 0
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, SPILL_SCHEMA) as writer:
-        for batch in batches:
-            t = _as_table(batch)
-            seen += t.num_rows
-            ids = pc.cast(t.column("id"), pa.string())
-            t = t.select(COLUMNS).set_column(0, "id", ids).filter(pc.is_in(ids, value_set=keep_arr))
-            if t.num_rows:
-                writer.write_table(t.cast(SPILL_SCHEMA))
-                written += t.num_rows
-            if progress is not None:
-                progress(seen, written)
+    writer = schema = None
+    with pa.OSFile(str(path), "wb") as sink:
+        try:
+            for batch in batches:
+                t = _as_table(batch)
+                seen += t.num_rows
+                if writer is None:  # the file's columns follow the first batch's media columns
+                    schema = _spill_schema(t)
+                    writer = pa.ipc.new_file(sink, schema)
+                t = t.select([c for c in COLUMNS if c in t.column_names])
+                ids = pc.cast(t.column("id"), pa.string())
+                t = t.set_column(0, "id", ids).filter(pc.is_in(ids, value_set=keep_arr))
+                if t.num_rows:
+                    writer.write_table(_conform(t, schema))
+                    written += t.num_rows
+                if progress is not None:
+                    progress(seen, written)
+            if writer is None:
+                writer = pa.ipc.new_file(sink, _spill_schema(None))
+        finally:
+            if writer is not None:
+                writer.close()
     return written
 
 
@@ -149,8 +190,19 @@ def load_shard(train_batches: Iterable[Any], id_batches: Iterable[Any], rank: in
     rows = ArrowRows(path, mine)
     cand_rows = ArrowRows(path, cand)
     probe_rows = [cand_rows[i] for i in range(len(cand_rows))]
-    return rows, probe_rows, image_first(probe_rows, probe_size), total
+    return rows, probe_rows, media_first(probe_rows, probe_size), total
 
 
-__all__ = ["ArrowRows", "COLUMNS", "PROBE_CANDIDATES", "image_first", "load_shard", "plan_shard",
-           "probe_candidate_indices", "spill"]
+__all__ = [
+    "COLUMNS",
+    "MEDIA",
+    "PROBE_CANDIDATES",
+    "ArrowRows",
+    "has_media",
+    "image_first",
+    "load_shard",
+    "media_first",
+    "plan_shard",
+    "probe_candidate_indices",
+    "spill",
+]
