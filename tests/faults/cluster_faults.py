@@ -10,7 +10,7 @@ start-up and polling, which overlaps well):
    the only node, so the node kill cannot take one (the ingress asks for no CPU and
    could otherwise land on a worker node);
 2. the worker nodes join. They offer a train slot and no CPU, so only the node-loss
-   run's workers ever land there (not a Data task, nor a replacement replica);
+   run's workers ever land there (not a task, nor a replacement replica);
 3. the teacher scenario streams its requests and kills a replica
    (``teacher_replica_loss.exercise``) under the load of both Train runs, while the
    node-loss run trains, loses its node and resumes.

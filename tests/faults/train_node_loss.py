@@ -80,8 +80,6 @@ def prepare(root: Path) -> tuple[Path, Any]:
 
 
 def trainer(student: Path, table, store: Path, name: str, step_log: Path, slot: str, cpus: float):
-    import ray.data
-
     from mmtune.config import (
         CoordinationConfig,
         LoraSettings,
@@ -95,10 +93,9 @@ def trainer(student: Path, table, store: Path, name: str, step_log: Path, slot: 
                         checkpoint_every=CHECKPOINT_EVERY, max_failures=2, report_every=CHECKPOINT_EVERY,
                         coordination=CoordinationConfig(mode="commit", interval=2, reg_lambda=0.1))
     sc = StudentConfig(lora=LoraSettings(r=4, alpha=8, dropout=0.1), dtype="float32")
-    # from_arrow: the rows are put in the object store by the driver, on the head, so no
-    # block of the dataset is lost with a worker node (a read task's output could be).
-    ds = ray.data.from_arrow(table)
-    return build_trainer(tc, sc, student, ds, storage_path=store, name=name, seed=0, cpus_per_worker=cpus,
+    # An Arrow table: build_trainer puts it in the object store from the driver, on the
+    # head, so no block of it is lost with a worker node (a read task's output could be).
+    return build_trainer(tc, sc, student, table, storage_path=store, name=name, seed=0, cpus_per_worker=cpus,
                          torch_threads=1, worker_resources={slot: 1}, extra_config={"_step_log": str(step_log)})
 
 
@@ -193,11 +190,11 @@ def run(cluster: Any, nodes: list[Any], work: Path) -> dict[str, Any]:
     return {"ref": reference(work, prepared), **fault(cluster, nodes, work, prepared)}
 
 
-# The cluster: the head (driver, Train controllers, Ray Data's tasks, the reference run's
-# workers on REF_SLOT, the teacher app) and two worker nodes. The fault run's workers ask
+# The cluster: the head (driver, Train controllers, the reference run's workers on
+# REF_SLOT, the teacher app) and two worker nodes. The fault run's workers ask
 # for one SLOT, which each worker node and the head offer once (a group of 2 still fits
-# after a node dies), and no CPU: the worker nodes offer none, so nothing else (a Data
-# task, a teacher replica, the reference run) is ever placed on a node that may die.
+# after a node dies), and no CPU: the worker nodes offer none, so nothing else (a task, a
+# teacher replica, the reference run) is ever placed on a node that may die.
 REF_SLOT = "ref_slot"
 HEAD = {"num_cpus": 4, "resources": {SLOT: 1, REF_SLOT: 2}}
 WORKER = {"num_cpus": 0, "resources": {SLOT: 1}}
