@@ -21,7 +21,6 @@ Each scenario's measurements, or its traceback, go to OUT under its name.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
 import time
@@ -88,8 +87,7 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    from tests.faults.inproc_cluster import ENV
+    from tests.faults.inproc_cluster import standalone_env
 
-    for k, v in ENV.items():
-        os.environ.setdefault(k, v)
+    standalone_env()
     main(Path(sys.argv[1]).resolve())

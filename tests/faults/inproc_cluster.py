@@ -34,6 +34,16 @@ ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFL
        "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 
 
+def standalone_env() -> None:
+    """For a driver run by hand: the test settings, and a private Ray temp dir (left in
+    place, with the session logs) unless ``RAY_TMPDIR`` is set. Call before importing Ray."""
+    for k, v in ENV.items():
+        os.environ.setdefault(k, v)
+    if "RAY_TMPDIR" not in os.environ:
+        os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="mmf")
+        print(f"Ray temp dir (logs): {os.environ['RAY_TMPDIR']}", file=sys.stderr)
+
+
 @contextmanager
 def local_cluster(head: dict[str, Any], workers: list[dict[str, Any]]) -> Iterator[tuple[Any, list[Any]]]:
     """A head plus one raylet per entry of ``workers`` (``Cluster.add_node`` arguments) on

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import threading
 import time
@@ -247,10 +246,9 @@ def run(work: Path) -> dict[str, Any]:
 
 
 if __name__ == "__main__":  # standalone: python -m tests.faults.teacher_replica_loss OUT.json
-    from tests.faults.inproc_cluster import ENV, local_cluster
+    from tests.faults.inproc_cluster import local_cluster, standalone_env
 
-    for k, v in ENV.items():
-        os.environ.setdefault(k, v)
+    standalone_env()
     out = Path(sys.argv[1]).resolve()
     with local_cluster({"num_cpus": 1}, [{"num_cpus": 1}, {"num_cpus": 1}]):
         out.write_text(json.dumps(run(out.parent / "teacher_replica_loss"), indent=1))

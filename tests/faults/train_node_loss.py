@@ -201,10 +201,9 @@ WORKER = {"num_cpus": 0, "resources": {SLOT: 1}}
 
 
 if __name__ == "__main__":  # standalone: python -m tests.faults.train_node_loss OUT.json
-    from tests.faults.inproc_cluster import ENV, local_cluster
+    from tests.faults.inproc_cluster import local_cluster, standalone_env
 
-    for k, v in ENV.items():
-        os.environ.setdefault(k, v)
+    standalone_env()
     out = Path(sys.argv[1]).resolve()
     with local_cluster(HEAD, [WORKER, WORKER]) as (c, ns):
         out.write_text(json.dumps(run(c, ns, out.parent / "train_node_loss"), indent=1))
