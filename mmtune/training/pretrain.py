@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -104,7 +103,7 @@ def check_modality(cfg: RunConfig) -> None:
     want = PRESET_MODALITY[name]
     if cfg.data.source == "skillworld" and sw.modality != want:
         other = next(p for p, m in PRESET_MODALITY.items() if m == sw.modality)
-        raise ValueError(f"student.name_or_path={name} is a {want} student but data.skillworld.modality is "
+        raise ValueError(f"student.name_or_path={name} takes {want} data but data.skillworld.modality is "
                          f"{sw.modality!r}; set data.skillworld.modality={want}, or student.name_or_path={other}")
 
 
@@ -146,10 +145,15 @@ class _Column:
 def pretrain_student(cfg: RunConfig, paths: DataPaths, out_dir: Path, progress=print) -> dict[str, Any]:
     check_modality(cfg)
     if preset_name(cfg) == AUDIO_PRESET:
-        with tempfile.TemporaryDirectory(prefix=out_dir.name + ".spill-", dir=out_dir.parent) as spill_dir:
-            if not paths.generic_train:
-                raise ValueError(f"no generic training shards under {paths.root}; regenerate SkillWorld")
-            return _pretrain(cfg, paths, out_dir, progress, _AudioRows(paths.generic_train, Path(spill_dir)))
+        if not paths.generic_train:
+            raise ValueError(f"no generic training shards under {paths.root}; regenerate SkillWorld")
+        # inside the build directory: an interrupted build's spill goes with it (ensure_generic_student
+        # removes a stale build directory before it starts again)
+        spill_dir = out_dir / "_spill"
+        try:
+            return _pretrain(cfg, paths, out_dir, progress, _AudioRows(paths.generic_train, spill_dir))
+        finally:
+            shutil.rmtree(spill_dir, ignore_errors=True)
     return _pretrain(cfg, paths, out_dir, progress, None)
 
 

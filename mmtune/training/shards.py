@@ -110,6 +110,8 @@ class ArrowRows(Sequence):
 def _as_table(batch: Any) -> pa.Table:
     if isinstance(batch, pa.Table):
         return batch
+    if isinstance(batch, pa.RecordBatch):  # pq.ParquetFile.iter_batches
+        return pa.Table.from_batches([batch])
     if isinstance(batch, dict):
         return pa.table(batch)
     return pa.Table.from_pandas(batch, preserve_index=False)  # pragma: no cover - pandas batches
