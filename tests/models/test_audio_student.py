@@ -292,6 +292,33 @@ def test_every_mode_runs_on_audio(preset_dir, mode):
         assert math.isfinite(res.history[0]["kappa"]) and res.history[0]["d_s"] > 0
 
 
+def test_resume_from_a_checkpoint_is_exact_with_the_tower_unfrozen(preset_dir, tmp_path):
+    """Checkpoints carry the audio student's trainable parts (LoRA, projector, and the audio tower
+    when unfrozen): a resumed run continues the uninterrupted one's losses."""
+    from mmtune.training.checkpoint import latest_checkpoint
+
+    cfg, student = _tcfg("commit", max_steps=4), STUDENT.model_copy(update={"freeze_audio_tower": False})
+
+    def fresh():
+        model, processor = load_student(preset_dir, student)
+        torch.manual_seed(5)
+        return apply_lora(model, student), processor
+
+    ref_model, processor = fresh()
+    ref = run_training(ref_model, processor, SAMPLES, cfg, seed=2)
+    base, _ = load_student(preset_dir, student)
+    conv = dict(ref_model.named_parameters())["base_model.model.model.audio_tower.modules_to_save.default.conv1.weight"]
+    assert not torch.equal(conv, base.model.audio_tower.conv1.weight)  # the tower trained: restoring it matters
+    run_training(*fresh(), SAMPLES, cfg.model_copy(update={"checkpoint_every": 2}), seed=2,
+                 checkpoint_root=tmp_path / "ck", stop_after=2)
+    model, processor = load_student(preset_dir, student)
+    torch.manual_seed(99)
+    rest = run_training(apply_lora(model, student), processor, SAMPLES, cfg, seed=2,
+                        resume_from=latest_checkpoint(tmp_path / "ck"))
+    torch.testing.assert_close(torch.tensor([m["loss"] for m in rest.history]),
+                               torch.tensor([m["loss"] for m in ref.history[2:]]), rtol=1e-5, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- generation
 def test_generation_is_independent_of_the_batch(preset_dir):
     """Left-padded batched generation equals one-by-one generation (padding and masks are right)."""
