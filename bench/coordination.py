@@ -1,6 +1,6 @@
 """Benchmark: CoMMIT's coordination modes side by side on SkillWorld.
 
-    python -m bench.coordination [--student DIR] [--targets parity_choice,count_grid]
+    python -m bench.coordination [--modality vision|audio] [--student DIR] [--targets parity_choice,count_grid]
         [--modes constant,...] [--seeds 3] [--steps 150] [--batch-size 16] [--train-size 512]
         [--data-seed 0] [--loss-target 0.12] [--eval-items 256] [--cpus N] [--threads 1]
         [--no-untuned] [--quick] [--out runs/bench/coordination.json] [--loss-png PNG]
@@ -14,7 +14,7 @@ the targets' test items greedily. The (mode, seed) runs are Ray tasks of one CPU
 (``--cpus`` of them at a time, ``--threads`` torch threads each).
 
 **Training set** [ours]: for each target, the corpus samples of the corpus tasks whose
-step chain equals the target's (``mmtune.data.skillworld.tasks.TASKS[name].chain``), i.e.
+step chain equals the target's (``mmtune.data.skillworld.ALL_TASKS[name].chain``), i.e.
 the samples a perfect skill retriever would return; this benchmark may use the generator's
 metadata, the pipeline may not. ``--train-size`` samples in all, split evenly over the
 targets, drawn with a fixed seed (``--data-seed``): every mode and seed sees the same set,
@@ -39,6 +39,15 @@ training seed gives every mode the same LoRA init and data order (paired runs).
   κ is a clamping artefact, e.g. exactly 1 at the schedule's last step, are left out); measured in ``constant``/``static`` for
   logging, used by ``commit_clr``/``commit``; undefined under coordinate descent ("–").
 
+**Audio** (``--modality audio``, or ``data.skillworld.modality: audio`` in the config): the
+same benchmark on the audio SkillWorld family with the audio preset (``tiny-qwen2-audio``,
+chosen when the config names the vision preset), default targets ``louder_tone_mc`` (rare)
+and ``count_clip`` (common), the counterparts of ``parity_choice`` and ``count_grid``. Its
+own section marker (``bench:coordination_audio``), JSON and PNG names, so the vision table
+stays. The 0.12 loss target was calibrated on the vision student; for audio, unless
+``--loss-target`` is given, the target is ``RELATIVE_TARGET`` × the mean loss of every
+run's first ``WINDOW`` steps (0.86: the vision target's distance below its start).
+
 Plots: the moving-average loss per mode against step (mean over seeds), and κ per mode
 against step (geometric mean over seeds, log scale). Raw per-run histories go to ``--out``
 (JSON, NaN written as null). With ``--write`` the section between the
@@ -58,23 +67,27 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
-from bench.report import write_section  # noqa: E402
+from bench.report import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "bench:coordination"
 WINDOW = 10  # moving-average window of the loss, and the "final loss" tail
-DEFAULT_LOSS_TARGET = 0.12
+DEFAULT_LOSS_TARGET = 0.12  # vision (calibrated on the tiny-llava generic student)
+RELATIVE_TARGET = 0.86  # other modalities: this × the mean loss of the runs' first WINDOW steps
 DEFAULT_TARGETS = ("parity_choice", "count_grid")
-TRAIN_COLUMNS = ["id", "task", "instruction", "response", "image"]
-EVAL_COLUMNS = ["id", "task", "instruction", "image", "answer", "options"]
+MODALITY_TARGETS = {"vision": DEFAULT_TARGETS, "audio": ("louder_tone_mc", "count_clip")}
+# Both media columns: every Sample parquet has them (null where the family has no such media).
+TRAIN_COLUMNS = ["id", "task", "instruction", "response", "image", "audio"]
+EVAL_COLUMNS = ["id", "task", "instruction", "image", "audio", "answer", "options"]
 # Config defaults of this benchmark (before the command line's KEY=VALUE, which win):
 # κ every 10 steps, so a 150-step run measures it 15 times.
 BENCH_DEFAULTS = ("training.coordination.interval=10",)
-QUICK = dict(modes=("constant", "commit"), seeds=1, steps=10, eval_items=32)
+QUICK = {"modes": ("constant", "commit"), "seeds": 1, "steps": 10, "eval_items": 32}
 
 
 def machine() -> str:
@@ -91,12 +104,13 @@ def select_training_rows(corpus: Sequence[str | Path], targets: Sequence[str], s
     split evenly over the targets (the first targets get the remainder), seeded."""
     import pyarrow.parquet as pq
 
-    from mmtune.data.skillworld.tasks import TASKS
+    # Task names are unique across the vision and audio families, so ALL_TASKS serves both.
+    from mmtune.data.skillworld import ALL_TASKS as TASKS
 
     unknown = [t for t in targets if t not in TASKS]
     if unknown:
         raise ValueError(f"unknown SkillWorld task(s) {unknown}")
-    table = pq.read_table([str(p) for p in corpus], columns=TRAIN_COLUMNS)
+    table = pq.read_table([str(p) for p in corpus], columns=_present(corpus, TRAIN_COLUMNS))
     rows = table.to_pylist()
     by_task: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
@@ -121,11 +135,20 @@ def select_training_rows(corpus: Sequence[str | Path], targets: Sequence[str], s
     return chosen
 
 
+def _present(paths: Sequence[str | Path], columns: list[str]) -> list[str]:
+    """``columns`` less a media column the files lack (a hand-made or older parquet without
+    ``audio``): the rows then carry no such key, and ``r.get`` reads it as None."""
+    import pyarrow.parquet as pq
+
+    names = set(pq.read_schema(str(paths[0])).names) if paths else set(columns)
+    return [c for c in columns if c in names or c not in ("image", "audio")]
+
+
 def load_eval_rows(paths: Sequence[str | Path], n: int, seed: int = 0) -> list[dict[str, Any]]:
     """Up to ``n`` test items (a seeded subset when the split is larger, in file order)."""
     import pyarrow.parquet as pq
 
-    rows = pq.read_table([str(p) for p in paths], columns=EVAL_COLUMNS).to_pylist()
+    rows = pq.read_table([str(p) for p in paths], columns=_present(paths, EVAL_COLUMNS)).to_pylist()
     if n < len(rows):
         keep = sorted(random.Random(seed).sample(range(len(rows)), n))
         rows = [rows[i] for i in keep]
@@ -174,8 +197,8 @@ def evaluate_model(model: Any, processor: Any, rows: Sequence[Mapping[str, Any]]
     correct = no_answer = 0
     for i in range(0, len(rows), batch):
         part = rows[i:i + batch]
-        texts = generate(model, processor, [r["instruction"] for r in part], [r["image"] for r in part],
-                         max_new_tokens)
+        texts = generate(model, processor, [r["instruction"] for r in part], [r.get("image") for r in part],
+                         max_new_tokens, audios=[r.get("audio") for r in part], ids=[r.get("id") for r in part])
         for r, text in zip(part, texts):
             pred = extract_answer(text)
             opts = None if r.get("options") is None else [str(o) for o in r["options"]]
@@ -427,6 +450,48 @@ def plot_curves(runs: Sequence[Mapping[str, Any]], modes: Sequence[str], loss_pn
     return written
 
 
+# --------------------------------------------------------------------------- modality
+def bench_config(config: str | Path | None, overrides: Sequence[str], modality: str | None = None) -> Any:
+    """The run config of a benchmark on one SkillWorld family.
+
+    ``modality`` (None: the config's ``data.skillworld.modality``, overrides included) sets
+    the family, and wins over the config. The config's preset student of the other family
+    (``tiny-llava`` for audio) is swapped for this family's preset, so ``--modality audio``
+    on configs/demo.yaml just works; a student given on the command line, or by hub id or
+    path, is kept (a mismatched preset then fails with the pipeline's own message).
+    """
+    from mmtune.config import load_config
+    from mmtune.training.pretrain import PRESET_MODALITY
+
+    cfg = load_config(config, list(overrides))
+    modality = modality or cfg.data.skillworld.modality
+    extra = [f"data.skillworld.modality={modality}"]
+    given = {o.split("=", 1)[0].strip() for o in overrides}
+    if "student.name_or_path" not in given and PRESET_MODALITY.get(cfg.student.name_or_path, modality) != modality:
+        extra.append("student.name_or_path=" + next(p for p, m in PRESET_MODALITY.items() if m == modality))
+    return load_config(config, [*overrides, *extra])
+
+
+def artefact_names(modality: str) -> dict[str, str]:
+    """Section marker, JSON and PNG paths: the vision ones as before, audio's beside them."""
+    tag = "" if modality == "vision" else f"_{modality}"
+    return {"mark": MARK + tag, "out": str(ROOT / "runs" / "bench" / f"coordination{tag}.json"),
+            "loss_png": str(ROOT / "docs" / "img" / f"coordination{tag}_loss.png"),
+            "kappa_png": str(ROOT / "docs" / "img" / f"coordination{tag}_kappa.png")}
+
+
+def default_loss_target(modality: str, runs: Sequence[Mapping[str, Any]], window: int = WINDOW) -> float:
+    """Vision: the calibrated 0.12. Otherwise ``RELATIVE_TARGET`` × the mean loss of the runs'
+    first ``window`` steps (every mode starts from the same student, so this is where the
+    untuned student stands on the training set), rounded to 3 significant digits."""
+    if modality == "vision":
+        return DEFAULT_LOSS_TARGET
+    heads = [float(m["loss"]) for r in runs for m in r["history"][:window]]
+    if not heads:
+        raise ValueError("no training losses to derive a loss target from; pass --loss-target")
+    return float(f"{RELATIVE_TARGET * statistics.fmean(heads):.3g}")
+
+
 # --------------------------------------------------------------------------- driver
 def _shown(path: Path) -> str:
     """A path as the docs show it: relative to the repository when inside it."""
@@ -467,25 +532,30 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"))
+    ap.add_argument("--modality", choices=sorted(MODALITY_TARGETS),
+                    help="SkillWorld family (default: the config's data.skillworld.modality)")
     ap.add_argument("--student", help="student directory (default: the cached generic student, built if missing)")
-    ap.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help="comma-separated SkillWorld targets")
+    ap.add_argument("--targets", help="comma-separated SkillWorld targets (default: vision "
+                    f"{','.join(MODALITY_TARGETS['vision'])}; audio {','.join(MODALITY_TARGETS['audio'])})")
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated coordination modes")
     ap.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 per mode")
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--train-size", type=int, default=512)
     ap.add_argument("--data-seed", type=int, default=0, help="seed of the training-set and eval-subset draws")
-    ap.add_argument("--loss-target", type=float, default=DEFAULT_LOSS_TARGET,
-                    help=f"training-loss target on the {WINDOW}-step moving average")
+    ap.add_argument("--loss-target", type=float,
+                    help=f"training-loss target on the {WINDOW}-step moving average (default: vision "
+                    f"{DEFAULT_LOSS_TARGET:g}; audio {RELATIVE_TARGET:g} × the runs' mean loss over their first "
+                    f"{WINDOW} steps)")
     ap.add_argument("--eval-items", type=int, default=256, help="test items per target")
     ap.add_argument("--cpus", type=int, default=os.cpu_count(), help="Ray CPUs: runs at a time")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--no-untuned", action="store_true", help="skip scoring the untuned student")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: modes constant,commit, 1 seed, 10 steps, 32 eval items")
-    ap.add_argument("--out", default=str(ROOT / "runs" / "bench" / "coordination.json"))
-    ap.add_argument("--loss-png", default=str(ROOT / "docs" / "img" / "coordination_loss.png"))
-    ap.add_argument("--kappa-png", default=str(ROOT / "docs" / "img" / "coordination_kappa.png"))
+    ap.add_argument("--out", help="raw results (default runs/bench/coordination[_audio].json)")
+    ap.add_argument("--loss-png", help="default docs/img/coordination[_audio]_loss.png")
+    ap.add_argument("--kappa-png", help="default docs/img/coordination[_audio]_kappa.png")
     ap.add_argument("--no-plots", action="store_true", help="skip the PNGs (no matplotlib needed)")
     ap.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     ap.add_argument("overrides", nargs="*", help="config overrides KEY=VALUE (e.g. run.cache_dir=... training.lr=...)")
@@ -497,7 +567,6 @@ def main(argv: list[str] | None = None) -> int:
     bad = [m for m in modes if m not in MODES]
     if bad:
         ap.error(f"unknown mode(s) {bad}; allowed: {', '.join(MODES)}")
-    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     if args.seeds < 1 or args.steps < 1 or args.eval_items < 1 or args.train_size < 1:
         ap.error("--seeds, --steps, --eval-items and --train-size must be ≥ 1")
     if not args.no_plots:
@@ -506,12 +575,16 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             ap.error("the plots need matplotlib: pip install -e '.[bench]' (or pass --no-plots)")
 
-    from mmtune.config import load_config
     from mmtune.data.catalog import data_paths
     from mmtune.runtime import init_ray
     from mmtune.training.pretrain import META_FILE, ensure_generic_student
 
-    cfg = load_config(args.config, [*BENCH_DEFAULTS, *args.overrides])
+    cfg = bench_config(args.config, [*BENCH_DEFAULTS, *args.overrides], args.modality)
+    modality = cfg.data.skillworld.modality
+    names = artefact_names(modality)
+    args.out, args.loss_png, args.kappa_png = (args.out or names["out"], args.loss_png or names["loss_png"],
+                                               args.kappa_png or names["kappa_png"])
+    targets = [t.strip() for t in (args.targets or ",".join(MODALITY_TARGETS[modality])).split(",") if t.strip()]
     paths = data_paths(cfg)
     missing = [t for t in targets if t not in paths.target_test]
     if missing:
@@ -546,6 +619,8 @@ def main(argv: list[str] | None = None) -> int:
     base = next((r for r in results if r["mode"] is None), None)
     untuned = {t: e["accuracy"] for t, e in base["eval"].items()} if base else None
 
+    if args.loss_target is None:
+        args.loss_target = default_loss_target(modality, runs)
     summaries = summarize(runs, modes, args.loss_target)
     n_eps = sum(s.kappa_below_eps for s in summaries)
     table = render_table(summaries, loss_target=args.loss_target, total_steps=args.steps, majority=maj,
@@ -567,13 +642,15 @@ def main(argv: list[str] | None = None) -> int:
         f"eval {args.eval_items} test items per target, greedy, max {cfg.student.max_new_tokens} new tokens")
     student_line = f"`{_shown(sdir)}`"
     if meta:
-        student_line += (f" (tiny-llava, {meta['params'] / 1e6:.2f}M parameters, {meta['steps']} pre-training "
-                         f"steps)")
+        # "student" names the preset in newer metas; older ones were all tiny-llava
+        student_line += (f" ({meta.get('student') or 'tiny-llava'}, {meta['params'] / 1e6:.2f}M "
+                         f"parameters, {meta['steps']} pre-training steps)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(_clean({
         "command": cmd.strip(), "date": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
-        "student": str(sdir), "targets": targets, "modes": modes, "seeds": args.seeds, "steps": args.steps,
+        "modality": modality, "student": str(sdir), "targets": targets, "modes": modes, "seeds": args.seeds,
+        "steps": args.steps,
         "batch_size": args.batch_size, "loss_target": args.loss_target, "window": WINDOW,
         "train_size": len(train_rows), "train_tasks": by_task, "eval_items": args.eval_items,
         "majority": maj, "untuned": untuned, "training": tc.model_dump(mode="json"), "wall_s": wall,
@@ -583,32 +660,31 @@ def main(argv: list[str] | None = None) -> int:
     docs = ROOT / "docs"
     links = " · ".join(f"[{p.stem}]({os.path.relpath(p.resolve(), docs)})" for p in pngs)
     lines = [
-        f"<!-- {MARK} -->",
-        "### Coordination modes (CoMMIT and its baselines)",
+        f"<!-- {names['mark']} -->",
+        "### Coordination modes (CoMMIT and its baselines)" + ("" if modality == "vision" else f", {modality}"),
         "",
         f"- date: {dt.date.today().isoformat()}; machine: {machine()}",
         f"- command: `{cmd.strip()}`",
         f"- student: {student_line}",
         f"- settings: {settings_line}",
-        f"- {len(runs)} runs as 1-CPU Ray tasks ({args.cpus} at a time, {args.threads} torch thread(s) each) "
-        f"in {wall:.0f} s; raw histories in `{_shown(out)}`",
-        f"- steps to target: first step whose {WINDOW}-step moving-average training loss is ≤ "
-        f"{args.loss_target:g} (mean ± sd over the seeds that got there; `>N`: never within the run); "
-        f"accuracy: mean ± sd over seeds; log κ: per-run mean and sd over the usable κ measurements, "
-        f"then mean ± sd over seeds (– : κ not measured); "
-        f"{n_eps} measurement(s) with D_S or D_T below ε = 1e-12 left out (κ is a clamping artefact there)",
+        (f"- {len(runs)} runs as 1-CPU Ray tasks ({args.cpus} at a time, {args.threads} torch thread(s) each) "
+         f"in {wall:.0f} s; raw histories in `{_shown(out)}`"),
+        (f"- steps to target: first step whose {WINDOW}-step moving-average training loss is ≤ "
+         f"{args.loss_target:g} (mean ± sd over the seeds that got there; `>N`: never within the run); "
+         f"accuracy: mean ± sd over seeds; log κ: per-run mean and sd over the usable κ measurements, "
+         f"then mean ± sd over seeds (– : κ not measured); "
+         f"{n_eps} measurement(s) with D_S or D_T below ε = 1e-12 left out (κ is a clamping artefact there)"),
         "",
         table,
         "",
         f"Plots: {links or '– (--no-plots)'}",
-        f"<!-- /{MARK} -->",
+        f"<!-- /{names['mark']} -->",
     ]
     section = "\n".join(lines)
     print("\n" + section)
     print(f"\nwrote {out}" + "".join(f", {p}" for p in pngs))
-    if args.write:
-        if not write_section(MARK, section):
-            return 1
+    if args.write and not write_section(names["mark"], section):
+        return 1
     return 0
 
 

@@ -6,6 +6,8 @@
 For each diagnosed error (status ok, a located step), the right skill is the one the
 target task's *correct* chain exercises at the located step (from the generator's task
 registry: benchmark-side, never read by the pipeline). Prints accuracy per task and overall.
+Either SkillWorld family (vision or audio): the skills and chains come from the
+directory's ``skillworld.json``, step kinds from ``ALL_STEPS``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from mmtune.data.skillworld.tasks import STEPS
+from mmtune.data.skillworld.tasks import ALL_STEPS
 
 
 def skill_accuracy(diagnosis: str, registry: dict) -> dict[str, tuple[int, int]]:
@@ -28,7 +30,7 @@ def skill_accuracy(diagnosis: str, registry: dict) -> dict[str, tuple[int, int]]
             continue
         chain = registry["tasks"][r["task"]]["chain"]
         k = r["mistake_step"] - 1
-        right = phrase[STEPS[chain[k]].skill] if k < len(chain) else None
+        right = phrase[ALL_STEPS[chain[k]].skill] if k < len(chain) else None
         by[r["task"]][0] += right is not None and (r["missing_skill"] or "").strip().lower() == right
         by[r["task"]][1] += 1
     return {t: (a, n) for t, (a, n) in sorted(by.items())}

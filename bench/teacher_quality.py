@@ -1,6 +1,6 @@
 """Benchmark: how well the teacher localises mistakes, names skills and annotates the corpus.
 
-    python -m bench.teacher_quality [--annotate-rows 1000] [--write] [KEY=VALUE ...]
+    python -m bench.teacher_quality [--modality vision|audio] [--annotate-rows 1000] [--write] [KEY=VALUE ...]
 
 On SkillWorld, with the configured generic student and teacher (``configs/demo.yaml``: the
 built-in teacher, trained or loaded from the cache):
@@ -18,7 +18,13 @@ built-in teacher, trained or loaded from the cache):
    micro precision / recall over phrases.
 
 Generator metadata is read here, by the benchmark, as the yardstick; the pipeline never
-reads it. ``--write`` replaces the ``bench:teacher_quality`` section of docs/benchmarks.md.
+reads it. ``--write`` replaces the ``bench:teacher_quality`` section of docs/benchmarks.md
+(``bench:teacher_quality_audio`` on the audio family).
+
+``--modality audio`` (or ``data.skillworld.modality: audio`` in the config) measures the
+same on the audio SkillWorld family: the built-in teacher trained on audio corpus tasks, the
+audio preset student (swapped in for ``tiny-llava``, as bench/coordination.py does), and the
+audio skills and step kinds, looked up by name in ``ALL_SKILLS``/``ALL_STEPS``/``ALL_TASKS``.
 """
 
 from __future__ import annotations
@@ -47,7 +53,13 @@ def _meta(root: Path, rel: str) -> dict[str, dict[str, Any]]:
 
 
 def localisation(cfg, teacher, student, paths, work: Path, progress=print) -> dict[str, Any]:
-    from mmtune.data.skillworld import SKILLS, STEPS, TASKS, first_wrong_step
+    # ALL_*: a task, step kind or skill of either family (vision or audio) by its name
+    from mmtune.data.skillworld import (
+        ALL_SKILLS,
+        ALL_STEPS,
+        ALL_TASKS,
+        first_wrong_step,
+    )
     from mmtune.diagnosis import analyse_all, collect_errors
 
     splits = {f"{t}/val": [str(p) for p in ps] for t, ps in paths.target_val.items()}
@@ -59,10 +71,10 @@ def localisation(cfg, teacher, student, paths, work: Path, progress=print) -> di
     for it in items:
         truth[it["id"]] = first_wrong_step(meta[it["id"]], it["steps"], it["prediction"] or "")
     scored = [it for it in items if it["steps"] and truth[it["id"]] is not None
-              and truth[it["id"]] < len(TASKS[it["task"]].chain)]
+              and truth[it["id"]] < len(ALL_TASKS[it["task"]].chain)]
     res: dict[str, Any] = {"wrong": len(items), "scored": len(scored),
                            "answer_only": sum(1 for it in items if truth[it["id"]] is not None
-                                              and truth[it["id"]] >= len(TASKS[it["task"]].chain)),
+                                              and truth[it["id"]] >= len(ALL_TASKS[it["task"]].chain)),
                            "no_steps": sum(1 for it in items if not it["steps"]), "methods": {}}
     for how in METHODS:
         t0 = time.time()
@@ -74,8 +86,9 @@ def localisation(cfg, teacher, student, paths, work: Path, progress=print) -> di
             hit = a["mistake_step"] is not None and a["mistake_step"] - 1 == gt
             hits_by_task.setdefault(it["task"], []).append(int(hit))
             if a["mistake_step"] is not None:
-                kind = TASKS[it["task"]].chain[min(gt, len(TASKS[it["task"]].chain) - 1)]
-                skill_ok.append(int(a["missing_skill"] == SKILLS[STEPS[kind].skill]))
+                chain = ALL_TASKS[it["task"]].chain
+                kind = chain[min(gt, len(chain) - 1)]
+                skill_ok.append(int(a["missing_skill"] == ALL_SKILLS[ALL_STEPS[kind].skill]))
         allhits = [h for hs in hits_by_task.values() for h in hs]
         res["methods"][how] = {
             "accuracy": sum(allhits) / max(len(allhits), 1),
@@ -90,7 +103,7 @@ def localisation(cfg, teacher, student, paths, work: Path, progress=print) -> di
 
 
 def annotation(cfg, teacher, paths, n: int, progress=print) -> dict[str, Any]:
-    from mmtune.data.skillworld import SKILLS
+    from mmtune.data.skillworld import ALL_SKILLS
 
     rows = []
     for f in paths.corpus:
@@ -105,7 +118,7 @@ def annotation(cfg, teacher, paths, n: int, progress=print) -> dict[str, Any]:
         got += teacher.annotate(rows[i:i + 64])
     tp = fp = fn = exact = 0
     for r, (skills, _) in zip(rows, got):
-        want = {SKILLS[k] for k in meta[r["id"]]["step_skills"]}
+        want = {ALL_SKILLS[k] for k in meta[r["id"]]["step_skills"]}
         have = set(skills)
         tp, fp, fn = tp + len(want & have), fp + len(have - want), fn + len(want - have)
         exact += have == want
@@ -116,9 +129,16 @@ def annotation(cfg, teacher, paths, n: int, progress=print) -> dict[str, Any]:
             "rows_per_s": len(rows) / secs}
 
 
-def render(loc: dict[str, Any], ann: dict[str, Any], meta: dict[str, str]) -> str:
+def mark(modality: str) -> str:
+    """The docs/benchmarks.md section marker of one family (vision keeps the original one)."""
+    return MARK if modality == "vision" else f"{MARK}_{modality}"
+
+
+def render(loc: dict[str, Any], ann: dict[str, Any], meta: dict[str, str], modality: str = "vision") -> str:
     m = loc["methods"]
-    lines = [f"<!-- {MARK} -->", "### Teacher quality on SkillWorld (issue D)", "",
+    title = ("### Teacher quality on SkillWorld (issue D)" if modality == "vision"
+             else f"### Teacher quality on SkillWorld, {modality} family (issue G)")
+    lines = [f"<!-- {mark(modality)} -->", title, "",
              f"- date: {meta['date']}; machine: {meta['machine']}; load average {meta['load']}",
              f"- command: `{meta['command']}`; code: {meta['code']}",
              f"- teacher: {meta['teacher']}; student: {meta['student']}", "",
@@ -141,26 +161,29 @@ def render(loc: dict[str, Any], ann: dict[str, Any], meta: dict[str, str]) -> st
     lines += ["", (f"**Corpus annotation** on {ann['rows']} seeded corpus rows: exact skill-set match "
                    f"**{ann['exact']:.3f}**, phrase precision {ann['precision']:.3f}, recall {ann['recall']:.3f}, "
                    f"{ann['unparsed']} unparsed, {ann['rows_per_s']:.1f} rows/s (in-process, no Ray)."),
-              f"<!-- /{MARK} -->"]
+              f"<!-- /{mark(modality)} -->"]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/demo.yaml")
+    ap.add_argument("--modality", choices=["vision", "audio"],
+                    help="SkillWorld family (default: the config's data.skillworld.modality)")
     ap.add_argument("--annotate-rows", type=int, default=1000)
     ap.add_argument("--write", action="store_true")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
 
-    from mmtune.config import load_config
+    from bench.coordination import bench_config
     from mmtune.data.catalog import data_paths
     from mmtune.runtime import init_ray
     from mmtune.teacher import Teacher, make_backend
     from mmtune.teacher.builtin import resolve_teacher
     from mmtune.training.pretrain import resolve_student
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = bench_config(args.config, args.overrides, args.modality)
+    modality = cfg.data.skillworld.modality
     paths = data_paths(cfg)
     student = resolve_student(cfg)
     tdir = resolve_teacher(cfg)
@@ -174,10 +197,10 @@ def main(argv: list[str] | None = None) -> int:
             "load": f"{load_1min():.1f}", "command": "python -m bench.teacher_quality " + " ".join(sys.argv[1:]),
             "code": code_version(["mmtune/teacher", "mmtune/diagnosis", "bench/teacher_quality.py"]),
             "teacher": f"{cfg.teacher.backend} ({tdir or cfg.teacher.name_or_path})", "student": str(student)}
-    section = render(loc, ann, meta)
+    section = render(loc, ann, meta, modality)
     print(section)
     if args.write:
-        write_section(MARK, section)
+        write_section(mark(modality), section)
     return 0
 
 

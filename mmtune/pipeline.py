@@ -156,11 +156,12 @@ class Pipeline:
         student: on 2 cores that nearly halves the first run's wall time."""
         from mmtune.teacher.builtin import META_FILE, teacher_dir
         from mmtune.training.pretrain import META_FILE as STUDENT_META
-        from mmtune.training.pretrain import student_dir
+        from mmtune.training.pretrain import PRESET_MODALITY, student_dir
 
         cfg = self.cfg
         if (not self.needs_teacher() or cfg.teacher.backend != "builtin" or (teacher_dir(cfg) / META_FILE).is_file()
-                or cfg.student.name_or_path != "tiny-llava" or (student_dir(cfg) / STUDENT_META).is_file()):
+                or cfg.student.name_or_path not in PRESET_MODALITY  # any preset: vision or audio
+                or (student_dir(cfg) / STUDENT_META).is_file()):
             return None
         import ray
 

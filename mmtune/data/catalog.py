@@ -29,10 +29,13 @@ def _shards(d: Path, pattern: str = "*.parquet") -> list[Path]:
 
 def skillworld_key(cfg: RunConfig) -> str:
     """The generator's version is part of the key: a changed generator must not be served
-    data an older one wrote under the same settings."""
-    from mmtune.data.skillworld import GENERATOR_VERSION
+    data an older one wrote under the same settings. Each SkillWorld family has its own
+    version (``generator_version(modality)``), so an audio-generator change invalidates
+    audio caches only; the vision family's version is ``GENERATOR_VERSION``, as before."""
+    from mmtune.data.skillworld import generator_version
 
-    return config_hash({"cfg": cfg.data.skillworld.model_dump(mode="json"), "version": GENERATOR_VERSION})
+    sw = cfg.data.skillworld
+    return config_hash({"cfg": sw.model_dump(mode="json"), "version": generator_version(sw.modality)})
 
 
 def skillworld_dir(cfg: RunConfig) -> Path:

@@ -1,7 +1,7 @@
 """The built-in teacher of the embedded default: a small causal LM trained on text only.
 
 It stands in for a 72B teacher. It is trained once (cached by config hash) on SkillWorld
-*corpus* tasks that mmtune generates for it under its own seed stream (split "teacher"),
+*corpus* tasks of the configured family (vision or audio; the teacher reads their text only) that mmtune generates for it under its own seed stream (split "teacher"),
 never on target tasks and never on the pool's own rows or metadata. It learns, in the
 exact prompt formats of ``prompts/*.v1.txt``:
 
@@ -9,7 +9,8 @@ exact prompt formats of ``prompts/*.v1.txt``:
   points to the right candidate with ``teacher.hint_probability``, so on an uninformative
   prefix the teacher follows the hint and on a decisive one it follows the reasoning;
 - question + steps + a mistaken step -> the skill phrase of that step (the skill names of
-  ``SKILLS``, which a large teacher would know);
+  the configured SkillWorld family, ``family(data.skillworld.modality).skills``, which a
+  large teacher would know);
 - instruction + response -> the sample's skill phrases;
 - question + a chain whose tail was swapped for another item's -> the first changed step
   (the "ask the teacher which step is wrong" baseline, so that it is not a strawman).
@@ -41,13 +42,21 @@ SPLIT = "teacher"
 
 
 def teacher_key(cfg: RunConfig) -> str:
-    from mmtune.data.skillworld import GENERATOR_VERSION
+    """Everything the built-in teacher's weights depend on. The SkillWorld family and its
+    generator version are in it, so an audio teacher never serves a vision run (or one
+    trained on an older audio generator). The vision key is the one it had before the audio
+    family existed (no ``modality`` entry), so existing caches still hit."""
+    from mmtune.data.skillworld import generator_version
 
-    return config_hash({"builtin": cfg.teacher.builtin.model_dump(mode="json", exclude={"threads"}),
-                        "skillworld_seed": cfg.data.skillworld.seed, "generator": GENERATOR_VERSION,
-                        "hint": cfg.teacher.hint_probability, "prompts": cfg.teacher.prompt_version,
-                        "score_candidates": cfg.teacher.score_candidates,
-                        "seed": cfg.run.shared_seed})
+    modality = cfg.data.skillworld.modality
+    key = {"builtin": cfg.teacher.builtin.model_dump(mode="json", exclude={"threads"}),
+           "skillworld_seed": cfg.data.skillworld.seed, "generator": generator_version(modality),
+           "hint": cfg.teacher.hint_probability, "prompts": cfg.teacher.prompt_version,
+           "score_candidates": cfg.teacher.score_candidates,
+           "seed": cfg.run.shared_seed}
+    if modality != "vision":
+        key["modality"] = modality
+    return config_hash(key)
 
 
 def teacher_dir(cfg: RunConfig) -> Path:
@@ -70,18 +79,21 @@ def ensure_builtin_teacher(cfg: RunConfig, progress: Callable[[str], None] = pri
 
 # --------------------------------------------------------------------------- examples
 def _teacher_items(cfg: RunConfig) -> list[dict[str, Any]]:
-    """Corpus-task samples of the teacher's own split, with their step skills."""
-    from mmtune.data.skillworld import CORPUS_TASKS, SKILLS, TASKS, generate_task
+    """Corpus-task samples of the teacher's own split, with their step skills, from the
+    configured SkillWorld family (``data.skillworld.modality``). The teacher reads text
+    only, so audio clips are never synthesised here (most of an audio item's cost)."""
+    from mmtune.data.skillworld import family, generate_task
 
+    fam = family(cfg.data.skillworld.modality)
     items = []
-    for name in CORPUS_TASKS:
-        task = TASKS[name]
+    for name in fam.corpus_tasks:
+        task = fam.tasks[name]
         samples, metas = generate_task(task, cfg.teacher.builtin.samples_per_task, seed=cfg.data.skillworld.seed,
-                                       split=SPLIT, pool="corpus", image_size=16)
+                                       split=SPLIT, pool="corpus", image_size=16, render_audio=False)
         for s, m in zip(samples, metas):
             items.append({"id": s["id"], "task": name, "question": s["instruction"], "steps": list(s["steps"]),
                           "answer": s["answer"], "options": s["options"], "values": list(task.values),
-                          "skills": [SKILLS[k] for k in m["step_skills"]], "response": s["response"]})
+                          "skills": [fam.skills[k] for k in m["step_skills"]], "response": s["response"]})
     return items
 
 
