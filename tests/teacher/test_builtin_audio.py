@@ -10,6 +10,8 @@ import json
 import random
 from collections import Counter
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from mmtune.config import config_hash, load_config
@@ -19,7 +21,6 @@ from mmtune.data.skillworld import (
     SKILLS,
     family,
     first_wrong_step,
-    generate_task,
 )
 from mmtune.data.skillworld import generate as sw_generate
 from mmtune.teacher import Teacher, make_backend
@@ -115,67 +116,86 @@ def test_audio_items_are_text_only_audio_corpus_tasks(monkeypatch):
             assert set(target.strip().split("; ")) <= phrases
 
 
-def _corrupted_target_chains(n: int, seed: int = 7) -> tuple[list[dict], list[tuple[int, str, str]]]:
-    """Wrong answers on the audio *targets* (phrasings the teacher never saw): each item's
-    steps are another item's of the same task with a different answer; the verifier gives the
-    first wrong step, and the right skill is the gold chain's step skill there (as
-    bench/diagnosis_skills.py scores a diagnosis)."""
+WORLD = ["data.skillworld.corpus_per_task=10", "data.skillworld.generic_size=100",
+         "data.skillworld.generic_eval_per_task=8", "data.skillworld.val_size=24", "data.skillworld.test_size=10",
+         "data.skillworld.clip_seconds=1.5", f"data.skillworld.targets={list(AUDIO.target_tasks)}"]
+
+
+@pytest.fixture(scope="module")
+def audio_teacher(tmp_path_factory):
+    """A tiny audio SkillWorld (all six targets, ~1 s to generate) and the tiny built-in
+    teacher trained for it (~10 s), cached under the run's cache_dir like the pipeline's."""
+    from mmtune.data.catalog import data_paths
+
+    cfg = load_config("configs/demo.yaml", [f"run.cache_dir={tmp_path_factory.mktemp('cache')}", *TINY_AUDIO,
+                                            *WORLD])
+    paths = data_paths(cfg, progress=lambda m: None)
+    out = ensure_builtin_teacher(cfg, progress=lambda m: None)
+    return cfg, paths, out, Teacher(make_backend(cfg.teacher, out), cfg.teacher)
+
+
+def _corrupted_target_chains(paths, n: int, seed: int = 7) -> tuple[list[dict], list[tuple[int, str, str]]]:
+    """Wrong answers on the audio targets' validation items (phrasings the teacher never saw):
+    each item's steps are another item's of the same target with a different answer. The
+    verifier gives the first wrong step from the generator's scene, and the right skill is the
+    gold chain's step skill there, as bench/diagnosis_skills.py scores a diagnosis."""
     rng = random.Random(seed)
     items, truth = [], []
-    for name in AUDIO.target_tasks:
-        task = AUDIO.tasks[name]
-        samples, metas = generate_task(task, 40, seed=0, split="probe", render_audio=False)
-        for s, m in zip(samples, metas):
-            other = rng.choice([o for o in samples if o["answer"] != s["answer"]])
-            k = first_wrong_step(m, list(other["steps"]), other["answer"])
-            if k is None or k >= len(task.chain):
+    for name, files in sorted(paths.target_val.items()):
+        rows = pq.read_table(files, columns=["id", "instruction", "steps", "answer", "options"]).to_pylist()
+        meta = {m["id"]: m for m in pq.read_table(paths.root / "meta" / "targets" / name / "val.parquet").to_pylist()}
+        chain = AUDIO.tasks[name].chain
+        for r in rows:
+            other = rng.choice([o for o in rows if o["answer"] != r["answer"]])
+            k = first_wrong_step(meta[r["id"]], list(other["steps"]), other["answer"])
+            if k is None or k >= len(chain):
                 continue
-            items.append({"id": s["id"], "question": s["instruction"], "steps": list(other["steps"]),
-                          "prediction": other["answer"], "gold": s["answer"], "options": s["options"]})
-            truth.append((k, AUDIO.skills[ALL_STEPS[task.chain[k]].skill], name))
+            items.append({"id": r["id"], "task": name, "question": r["instruction"], "steps": list(other["steps"]),
+                          "prediction": other["answer"], "gold": r["answer"], "options": r["options"]})
+            truth.append((k, AUDIO.skills[ALL_STEPS[chain[k]].skill], name))
     order = list(range(len(items)))
     rng.shuffle(order)
     return [items[i] for i in order[:n]], [truth[i] for i in order[:n]]
 
 
-@pytest.fixture(scope="module")
-def audio_teacher(tmp_path_factory):
-    cfg = load_config("configs/demo.yaml", [f"run.cache_dir={tmp_path_factory.mktemp('cache')}", *TINY_AUDIO])
-    out = ensure_builtin_teacher(cfg, progress=lambda m: None)
-    return cfg, out, Teacher(make_backend(cfg.teacher, out), cfg.teacher)
-
-
 @pytest.mark.slow
-def test_audio_teacher_names_audio_skills_well_above_chance(audio_teacher):
-    cfg, out, teacher = audio_teacher
+def test_audio_teacher_names_audio_skills_well_above_chance(audio_teacher, tmp_path):
+    from bench.diagnosis_skills import skill_accuracy
+
+    cfg, paths, out, teacher = audio_teacher
     meta = json.loads((out / META_FILE).read_text())
     assert meta["key"] == teacher_key(cfg) and meta["items"] == 20 * len(AUDIO.corpus_tasks)
     assert out.name == f"builtin-{teacher_key(cfg)}"
-    items, truth = _corrupted_target_chains(100)
-    assert len(items) == 100
+    items, truth = _corrupted_target_chains(paths, 100)
+    assert len(items) == 100 and len({t for _, _, t in truth}) == 6
     got = teacher.skills_for_steps(items, [k + 1 for k, _, _ in truth])
     hits = [g[0] == right for g, (_, right, _) in zip(got, truth)]
     per_task = Counter(t for h, (_, _, t) in zip(hits, truth) if h)
     majority = Counter(right for _, right, _ in truth).most_common(1)[0][1] / len(truth)
     acc = sum(hits) / len(hits)
     print(f"audio skill naming: {sum(hits)}/{len(hits)} (most common skill {majority:.2f}, chance 1/6); "
-          f"right per target: {dict(per_task)}")
+          f"right per target: {dict(per_task)} of {dict(Counter(t for _, _, t in truth))}")
     assert acc >= 0.35 and acc > 1.5 * majority, (acc, majority, per_task)
-    # What it names is audio vocabulary, never a vision skill.
-    named = {g[0] for g in got if g[0]}
-    assert not named & set(SKILLS.values())
+    assert not {g[0] for g in got if g[0]} & set(SKILLS.values())  # audio vocabulary, never a vision skill
+    # bench/diagnosis_skills.py scores the same diagnosis the same way on the audio family
+    diag = tmp_path / "diagnosis.parquet"
+    pq.write_table(pa.Table.from_pylist([
+        {"id": it["id"], "task": it["task"], "status": "ok", "mistake_step": k + 1, "missing_skill": g[0]}
+        for it, (k, _, _), g in zip(items, truth, got)]), diag)
+    registry = json.loads((paths.root / "skillworld.json").read_text())
+    by_task = skill_accuracy(str(diag), registry)
+    assert sum(a for a, _ in by_task.values()) == sum(hits) and sum(n for _, n in by_task.values()) == 100
 
 
 @pytest.mark.slow
-def test_audio_teacher_annotates_audio_corpus_with_audio_skills(audio_teacher):
-    _, _, teacher = audio_teacher
-    rows, want = [], []
-    for name in AUDIO.corpus_tasks:  # a split the teacher never trained on
-        samples, metas = generate_task(AUDIO.tasks[name], 2, seed=0, split="annotate-probe", render_audio=False)
-        rows += [{"id": s["id"], "instruction": s["instruction"], "response": s["response"]} for s in samples]
-        want += [{AUDIO.skills[k] for k in m["step_skills"]} for m in metas]
-    got = teacher.annotate(rows)
-    exact = sum(set(phrases) == w for (phrases, _), w in zip(got, want))
-    audio_only = sum(bool(phrases) and set(phrases) <= set(AUDIO.skills.values()) for phrases, _ in got)
-    print(f"audio annotation: exact {exact}/{len(rows)}, only audio phrases {audio_only}/{len(rows)}")
-    assert audio_only >= 0.9 * len(rows) and exact >= 0.7 * len(rows)
+def test_audio_teacher_annotates_the_audio_corpus_with_audio_skills(audio_teacher):
+    """bench/teacher_quality.py's annotation agreement on the audio pool (corpus rows: a split
+    the teacher never trained on), against the generator's step skills."""
+    from bench.teacher_quality import annotation
+
+    cfg, paths, _, teacher = audio_teacher
+    res = annotation(cfg, teacher, paths, 60, progress=lambda m: None)
+    print(f"audio annotation: exact {res['exact']:.2f}, precision {res['precision']:.2f}, recall "
+          f"{res['recall']:.2f} on {res['rows']} corpus rows")
+    assert res["rows"] == 60 and res["unparsed"] <= 3
+    assert res["exact"] >= 0.7 and res["precision"] >= 0.7
