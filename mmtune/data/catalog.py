@@ -27,6 +27,12 @@ def _shards(d: Path, pattern: str = "*.parquet") -> list[Path]:
     return sorted(d.glob(pattern))
 
 
+# SkillWorldConfig fields the audio family added. They say nothing about vision data, so a
+# vision key leaves them out and stays the one it was before them: every cached SkillWorld,
+# generic student (whose key holds this one) and downstream cache still hits.
+AUDIO_ONLY_FIELDS = ("modality", "clip_seconds")
+
+
 def skillworld_key(cfg: RunConfig) -> str:
     """The generator's version is part of the key: a changed generator must not be served
     data an older one wrote under the same settings. Each SkillWorld family has its own
@@ -35,7 +41,10 @@ def skillworld_key(cfg: RunConfig) -> str:
     from mmtune.data.skillworld import generator_version
 
     sw = cfg.data.skillworld
-    return config_hash({"cfg": sw.model_dump(mode="json"), "version": generator_version(sw.modality)})
+    fields = sw.model_dump(mode="json")
+    if sw.modality == "vision":
+        fields = {k: v for k, v in fields.items() if k not in AUDIO_ONLY_FIELDS}
+    return config_hash({"cfg": fields, "version": generator_version(sw.modality)})
 
 
 def skillworld_dir(cfg: RunConfig) -> Path:
