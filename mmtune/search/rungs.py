@@ -25,7 +25,8 @@ import torch
 from mmtune.data.answers import answers_match, extract_answer
 from mmtune.models.inputs import encode_for_training, move_to
 
-VAL_COLUMNS = ["id", "task", "image", "instruction", "response", "answer", "options"]
+VAL_COLUMNS = ["id", "task", "image", "audio", "instruction", "response", "answer", "options"]
+OPTIONAL_COLUMNS = {"audio"}  # parquet written by hand may have no audio column: read as null
 
 
 def rung_steps(total_steps: int, rungs: int) -> list[int]:
@@ -51,6 +52,8 @@ def read_val_rows(splits: Mapping[str, Sequence[str]], max_items: int | None = N
         tables = []
         for p in paths:
             t = pq.read_table(str(p))
+            for c in OPTIONAL_COLUMNS - set(t.column_names):
+                t = t.append_column(c, pa.nulls(t.num_rows, pa.binary()))
             missing = [c for c in VAL_COLUMNS if c not in t.column_names]
             if missing:
                 raise ValueError(f"validation split {name!r}: {p} lacks columns {missing} (Sample schema expected)")
@@ -78,16 +81,20 @@ def score_rows(model: Any, processor: Any, rows: Sequence[Mapping[str, Any]], *,
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
         images = [None if r.get("image") is None else bytes(r["image"]) for r in chunk]
-        texts = generate(model, processor, [r["instruction"] for r in chunk], images, max_new_tokens)
+        audios = [None if r.get("audio") is None else bytes(r["audio"]) for r in chunk]
+        ids = [r.get("id") for r in chunk]
+        texts = generate(model, processor, [r["instruction"] for r in chunk], images, max_new_tokens,
+                         audios=audios, ids=ids)
         for r, text in zip(chunk, texts):
             pred = extract_answer(text)
             no_answer += pred is None
             opts = [str(o) for o in r["options"]] if r.get("options") is not None else None
             correct += answers_match(pred, str(r["answer"]), opts)
         batch = move_to(encode_for_training(processor, [r["instruction"] for r in chunk],
-                                            [r["response"] for r in chunk], images), device)
-        if "pixel_values" in batch:
-            batch["pixel_values"] = batch["pixel_values"].to(dtype)
+                                            [r["response"] for r in chunk], images, audios, ids=ids), device)
+        for k in ("pixel_values", "input_features"):  # floats follow the model's dtype (bf16 on GPU)
+            if k in batch:
+                batch[k] = batch[k].to(dtype)
         n_tok = float((batch["labels"][:, 1:] != -100).sum())  # positions the causal-LM loss averages over
         if n_tok:
             loss_sum += float(model(**batch).loss) * n_tok

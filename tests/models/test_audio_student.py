@@ -329,3 +329,17 @@ def test_generation_is_independent_of_the_batch(preset_dir):
     alone = [generate(model, processor, [r["instruction"]], [None], 6, audios=[a])[0]
              for r, a in zip(rows, audios)]
     assert together == alone and all(t for t in together)
+
+
+def test_tune_rungs_score_audio_rows_with_their_audio(preset_dir):
+    """Ray Tune's rung metric (mmtune.search.rungs.score_rows) feeds each row's clip to the
+    model: the same rows without their audio give another loss."""
+    import math
+
+    from mmtune.search.rungs import score_rows
+
+    model, processor = load_student(preset_dir, STUDENT)
+    rows = SAMPLES[:4]
+    heard = score_rows(model, processor, rows, max_new_tokens=4, batch_size=2)
+    deaf = score_rows(model, processor, [{**r, "audio": None} for r in rows], max_new_tokens=4, batch_size=2)
+    assert math.isfinite(heard["loss"]) and heard["loss"] != pytest.approx(deaf["loss"], rel=1e-4)
