@@ -86,3 +86,9 @@ def test_cli_config_show_and_error_exit_code():
                          capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2
     assert "training.lr: got -1" in bad.stderr
+
+
+def test_audio_demo_config_is_the_audio_family_with_the_audio_student():
+    cfg = load_config(ROOT / "configs" / "demo_audio.yaml")
+    assert cfg.data.skillworld.modality == "audio" and cfg.student.name_or_path == "tiny-qwen2-audio"
+    assert cfg.teacher.backend == "builtin" and cfg.run.name == "demo_audio"
