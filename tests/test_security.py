@@ -267,7 +267,8 @@ def test_trust_remote_code_is_off_unless_the_config_turns_it_on(tmp_path):
     import mmtune.models.student as st
 
     (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "config.json").write_text("{}")
+    # a LLaVA config: load_student picks the Auto class from config.json's model_type
+    (tmp_path / "m" / "config.json").write_text('{"model_type": "llava"}')
     for on in (False, True):
         with mock.patch.object(st, "load_processor", return_value=object()) as proc, \
                 mock.patch.object(st.AutoModelForImageTextToText, "from_pretrained", return_value=object()) as model:
