@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 STAMP      := $(VENV)/.mmtune-installed
 
-.PHONY: demo test install clean-cache
+.PHONY: demo test test-cluster install clean-cache
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -24,6 +24,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The reliability tests on a 3-node ray.cluster_utils.Cluster and a real head (ray job
+# submit): ~7 minutes on 2 cores, so not part of `make test` (CI's budget).
+test-cluster: $(STAMP)
+	$(PY) -m pytest -m cluster $(PYTEST_ARGS)
 
 clean-cache:
 	rm -rf runs/_cache

@@ -12,7 +12,17 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest  # noqa: E402
 
 
+# Tests that start their own multi-node Ray (ray.cluster_utils.Cluster) or a real head and
+# submit jobs to it: minutes each on 2 cores. `make test` leaves them out (CI's 20-minute
+# budget); `make test-cluster` runs them (docs/operations.md, "Reliability").
+CLUSTER_TESTS = ("tests/faults/", "tests/cluster/test_job_submit.py")
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = str(item.path.relative_to(config.rootpath)) if item.path.is_relative_to(config.rootpath) else ""
+        if path.startswith(CLUSTER_TESTS):
+            item.add_marker(pytest.mark.cluster)
     import torch
 
     if torch.cuda.is_available():

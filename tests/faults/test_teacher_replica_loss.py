@@ -71,8 +71,10 @@ def test_replica_killed_mid_stream_every_request_completes(report):
     assert _counts(report["fault"]) == {"sent": N_REQUESTS, "completed": N_REQUESTS, "failed": 0, "lost": 0,
                                         "unfinished": 0}, errors[:3]
     _check_valid(report["fault"])
-    # the kill hit requests in flight: they came back as 503 and the client retried them
-    assert report["retries"] and all("503" in r for r in report["retries"]), report["retries"]
+    # Requests in flight on the dead replica come back as 503 and the client retries them,
+    # unless Serve's router re-sent them to the other replica first (seen in a CI run: 0
+    # client retries, every request completed). Either way, any retry is a 503, not a loss.
+    assert all("503" in r for r in report["retries"]), report["retries"]
     # Serve replaced the dead replica
     assert kill["victim"] not in report["replicas_after"]
     assert set(report["replicas_after"]) - set(report["replicas_before"])
