@@ -1,9 +1,11 @@
-"""Smoke tests of the real-model recipes (configs/llava15_7b.yaml, configs/qwen2vl_7b.yaml).
+"""Smoke tests of the real-model recipes (configs/llava15_7b.yaml, configs/qwen2vl_7b.yaml,
+configs/qwen2audio_7b.yaml).
 
 Each recipe is loaded as written and only the model ids are pointed at tiny random *twins*
 of the same architectures (mmtune.models.twins: saved with save_pretrained, loaded with
 from_pretrained as the 7B checkpoints are), the data paths at small JSON files written
-here (LLaVA JSON / ShareGPT JSON with PNG and JPEG images), and the sizes at a 2-core CPU
+here (LLaVA JSON / ShareGPT JSON with PNG and JPEG images, ShareGPT JSON with WAV and FLAC
+clips in an ``audios`` list), and the sizes at a 2-core CPU
 (batch, steps, workers, device cpu, dtype float32). Then the real code paths run: the
 import of the JSON corpus and targets, loading the student, LoRA + parameter groups, a
 few CoMMIT steps on Ray Train, the saved adapter through PEFT's own
@@ -20,19 +22,27 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
 from PIL import Image
 
 from mmtune.config import StudentConfig, load_config
-from mmtune.models.twins import save_llava15_twin, save_qwen25_instruct_twin, save_qwen2_vl_twin
+from mmtune.models.twins import (
+    save_llava15_twin,
+    save_qwen2_audio_twin,
+    save_qwen2_vl_twin,
+    save_qwen25_instruct_twin,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 LLAVA_RECIPE = ROOT / "configs" / "llava15_7b.yaml"
 QWEN_RECIPE = ROOT / "configs" / "qwen2vl_7b.yaml"
+AUDIO_RECIPE = ROOT / "configs" / "qwen2audio_7b.yaml"
 LLAMAFACTORY = ROOT / "tests" / "fixtures" / "llamafactory"
 COLOURS = {"red": (220, 20, 20), "blue": (20, 20, 220), "green": (20, 200, 20), "yellow": (230, 230, 20)}
+TONES = {"low": 220.0, "mid": 440.0, "high": 1320.0}  # Hz
 TEXTS = ["What colour is the picture?", "The picture is red.", "Answer: red", "Answer: blue", "Is it dark?",
          "Think step by step, then write 'Answer: X' on the last line.", "Who are they?", "yellow green"] * 4
 
@@ -44,6 +54,12 @@ def twins(tmp_path_factory):
     return {"llava": save_llava15_twin(root / "llava-1.5-7b-hf", TEXTS),
             "qwen2vl": save_qwen2_vl_twin(root / "Qwen2-VL-7B-Instruct", TEXTS),
             "teacher": save_qwen25_instruct_twin(root / "Qwen2.5-7B-Instruct", TEXTS)}
+
+
+@pytest.fixture(scope="module")
+def audio_twin(tmp_path_factory):
+    texts = TEXTS + [_tone_qa(n)[k] for n in TONES for k in (0, 1)]
+    return save_qwen2_audio_twin(tmp_path_factory.mktemp("twins_audio") / "Qwen2-Audio-7B-Instruct", texts)
 
 
 def _png(rgb, size=(32, 32)) -> bytes:
@@ -131,10 +147,66 @@ def write_sharegpt_data(d: Path) -> dict[str, Path]:
     return paths
 
 
+def _wav(hz: float, seconds: float = 1.0, rate: int = 16000) -> bytes:
+    import numpy as np
+    import soundfile as sf
+
+    t = np.arange(int(seconds * rate)) / rate
+    buf = io.BytesIO()
+    sf.write(buf, (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32), rate, format="WAV")
+    return buf.getvalue()
+
+
+def _tone_qa(name: str) -> tuple[str, str]:
+    return ("Is the tone low, mid or high? Think step by step, then write 'Answer: X' on the last line.",
+            f"The tone is {name}.\nAnswer: {name}")
+
+
+def write_audio_sharegpt_data(d: Path) -> dict[str, Path]:
+    """LLaMA-Factory audio JSON (``audios`` list): LLaMA-Factory's mllm_audio_demo (a real
+    16 kHz WAV and FLAC; its mp3 is absent) plus tone items, a two-turn two-clip
+    conversation, a text-only row and an undecodable clip; targets in the same format."""
+    import shutil
+
+    (d / "clips").mkdir(parents=True, exist_ok=True)
+    for i, (name, hz) in enumerate(TONES.items()):
+        (d / "clips" / f"{name}.wav").write_bytes(_wav(hz, 0.8 + 0.2 * i))  # varied lengths
+    (d / "clips" / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot audio at all")
+    shutil.copytree(LLAMAFACTORY / "mllm_demo_data", d / "mllm_demo_data")
+    corpus = json.loads((LLAMAFACTORY / "mllm_audio_demo.json").read_text())
+    for name in TONES:
+        q, a = _tone_qa(name)
+        corpus.append({"messages": [{"role": "user", "content": f"<audio>{q}"},
+                                    {"role": "assistant", "content": a}], "audios": [f"clips/{name}.wav"]})
+    corpus.append({"messages": [{"role": "user", "content": "<audio>Is it low?"},
+                                {"role": "assistant", "content": "Yes.\nAnswer: yes"},
+                                {"role": "user", "content": "<audio>And this one?"},
+                                {"role": "assistant", "content": "No, it is high.\nAnswer: no"}],
+                   "audios": ["clips/low.wav", "clips/high.wav"]})
+    corpus.append({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                                {"role": "assistant", "content": "Hello.\nAnswer: hello"}]})
+    corpus.append({"messages": [{"role": "user", "content": "<audio>What is it?"},
+                                {"role": "assistant", "content": "Noise."}], "audios": ["clips/broken.wav"]})
+
+    def target(names):
+        rows = []
+        for name in names:
+            q, a = _tone_qa(name)
+            rows.append({"messages": [{"role": "user", "content": f"<audio>{q}"},
+                                      {"role": "assistant", "content": a}], "audios": [f"clips/{name}.wav"]})
+        return rows
+
+    paths = {"corpus": d / "corpus.json", "val": d / "val.json", "test": d / "test.json"}
+    paths["corpus"].write_text(json.dumps(corpus, indent=1))
+    paths["val"].write_text(json.dumps(target(["low", "mid", "high"])))
+    paths["test"].write_text(json.dumps(target(["high", "low", "mid"])))
+    return paths
+
+
 def recipe(path: Path, tmp: Path, student: Path, teacher: Path, data: dict[str, Path], fmt: str,
-           image_root: Path | None, extra: tuple[str, ...] = ()):
+           image_root: Path | None, extra: tuple[str, ...] = (), task: str = "colours"):
     """The recipe with only model ids, data paths and sizes overridden."""
-    targets = [{"name": "colours", "val": str(data["val"]), "test": str(data["test"]), "format": fmt}]
+    targets = [{"name": task, "val": str(data["val"]), "test": str(data["test"]), "format": fmt}]
     return load_config(path, [
         f"student.name_or_path={student}", f"teacher.name_or_path={teacher}",
         f"data.corpus={data['corpus']}", f"data.image_root={image_root if image_root else 'null'}",
@@ -151,10 +223,12 @@ def recipe(path: Path, tmp: Path, student: Path, teacher: Path, data: dict[str, 
 
 # --------------------------------------------------------------------------- the recipes as written
 def test_recipes_validate_as_written():
-    llava, qwen = load_config(LLAVA_RECIPE), load_config(QWEN_RECIPE)
+    llava, qwen, audio = load_config(LLAVA_RECIPE), load_config(QWEN_RECIPE), load_config(AUDIO_RECIPE)
     assert llava.student.name_or_path == "llava-hf/llava-1.5-7b-hf" and llava.data.corpus_format == "llava"
     assert qwen.student.name_or_path == "Qwen/Qwen2-VL-7B-Instruct" and qwen.data.corpus_format == "sharegpt"
-    for cfg in (llava, qwen):
+    assert audio.student.name_or_path == "Qwen/Qwen2-Audio-7B-Instruct" and audio.data.corpus_format == "sharegpt"
+    assert audio.student.freeze_audio_tower and not audio.student.freeze_projector
+    for cfg in (llava, qwen, audio):
         assert cfg.data.source == "files" and cfg.data.targets and cfg.student.dtype == "bfloat16"
         assert cfg.teacher.backend == "hf" and cfg.teacher.serve.num_gpus_per_replica >= 1
         assert cfg.training.use_gpu is True and cfg.training.num_workers >= 1
@@ -167,16 +241,16 @@ def _alternative_teacher(path: Path) -> dict:
     text = path.read_text()
     block = text[text.index("# --- alternative teacher"):text.index("# --- end alternative teacher")]
     block = block[block.index("# teacher:"):]
-    lines = [ln[2:] for ln in block.splitlines() if ln.startswith("# teacher:") or ln.startswith("#   ")]
+    lines = [ln[2:] for ln in block.splitlines() if ln.startswith(("# teacher:", "#   "))]
     return yaml.safe_load("\n".join(lines))["teacher"]
 
 
 class _FakeOpenAI(BaseHTTPRequestHandler):
     """Answers /v1/chat/completions like vLLM, recording the Authorization header."""
 
-    seen: list[dict] = []
+    seen: ClassVar[list[dict]] = []
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).seen.append({"auth": self.headers.get("Authorization"), "path": self.path, "body": body})
         if body.get("logprobs"):
@@ -195,7 +269,7 @@ class _FakeOpenAI(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.parametrize("path", [LLAVA_RECIPE, QWEN_RECIPE], ids=["llava15", "qwen2vl"])
+@pytest.mark.parametrize("path", [LLAVA_RECIPE, QWEN_RECIPE, AUDIO_RECIPE], ids=["llava15", "qwen2vl", "qwen2audio"])
 def test_openai_teacher_alternative_is_a_valid_config_that_talks_to_a_server(path, monkeypatch):
     from mmtune.config import RunConfig
     from mmtune.teacher.backend import OpenAIBackend, make_backend
@@ -331,26 +405,34 @@ def test_a_vlm_checkpoint_also_serves_as_hf_teacher(twins):
 
 
 # --------------------------------------------------------------------------- end to end on Ray
-def _train_evaluate_and_reload(cfg, student_dir: Path, progress, ray_data_eval: bool = True):
+def _train_evaluate_and_reload(cfg, student_dir: Path, progress, ray_data_eval: bool = True, task: str = "colours",
+                               probe: tuple[bytes | None, bytes | None] | None = None):
     """Import → load → LoRA targets → Ray Train → adapter via PEFT → evaluation: through
     Ray Data (``evaluate_splits``), or its per-actor ``Predictor`` alone (the same
-    generation code, ~15 s less on a loaded 2-core machine)."""
+    generation code, ~15 s less on a loaded 2-core machine). ``probe``: the (image, audio)
+    of the sample on which the adapter must change the logits (default: a red picture)."""
     from peft import PeftModel
 
     from mmtune.data.catalog import data_paths
     from mmtune.models.student import apply_lora, load_student, param_groups
-    from mmtune.training.evaluate import EVAL_COLUMNS, Predictor, evaluate_splits, score_rows
+    from mmtune.training.evaluate import (
+        EVAL_COLUMNS,
+        Predictor,
+        evaluate_splits,
+        score_rows,
+    )
     from mmtune.training.job import run_train_job
 
     paths = data_paths(cfg, progress)
-    assert paths.corpus and paths.target_val["colours"] and paths.target_test["colours"]
+    assert paths.corpus and paths.target_val[task] and paths.target_test[task]
 
     model, _ = load_student(cfg.student.name_or_path, cfg.student)
     tuned = apply_lora(model, cfg.student)
     # "...language_model.layers.0.self_attn.q_proj.lora_A.default.weight": the layer is the 4th part from the end
     targets = {n.split(".")[-4] for n, _ in tuned.named_parameters() if ".lora_A." in n}
     assert targets == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
-    assert not any(("vision" in n or "visual" in n) and "lora_" in n for n, _ in tuned.named_parameters())
+    towers = ("vision", "visual", "audio_tower")
+    assert not any(any(t in n for t in towers) and "lora_" in n for n, _ in tuned.named_parameters())
     groups = param_groups(tuned)
     assert groups["encoder"] and groups["llm"]
 
@@ -367,11 +449,13 @@ def _train_evaluate_and_reload(cfg, student_dir: Path, progress, ray_data_eval: 
     assert lora_b and any(p.abs().sum() > 0 for p in lora_b)
     from mmtune.models.inputs import encode_for_training
 
-    batch = encode_for_training(processor, ["What colour is the picture?"], ["Answer: red"], [_png(COLOURS["red"])])
+    image, audio = probe or (_png(COLOURS["red"]), None)
+    batch = encode_for_training(processor, ["What is it?"], ["Answer: red"], [image], [audio])
     with torch.no_grad():
         assert not torch.allclose(peft_model(**batch).logits, untouched.eval()(**batch).logits)
 
-    splits = {"colours/test": [str(p) for p in paths.target_test["colours"]]}
+    split = f"{task}/test"
+    splits = {split: [str(p) for p in paths.target_test[task]]}
     if ray_data_eval:
         scores = evaluate_splits(cfg, student_dir, splits, adapter_dir=out.adapter_dir,
                                  out_dir=Path(out.run_dir) / "eval", progress=progress)
@@ -380,11 +464,11 @@ def _train_evaluate_and_reload(cfg, student_dir: Path, progress, ray_data_eval: 
 
         predictor = Predictor(str(student_dir), cfg.student.model_dump(mode="json"), adapter_dir=out.adapter_dir,
                               max_new_tokens=cfg.student.max_new_tokens, device="cpu")
-        table = pq.read_table(splits["colours/test"]).select(EVAL_COLUMNS)
+        table = pq.read_table(splits[split]).select(EVAL_COLUMNS)
         pred = predictor({c: table.column(c).to_numpy(zero_copy_only=False) for c in EVAL_COLUMNS})
         assert all(isinstance(t, str) for t in pred["prediction"])
-        scores = score_rows("colours/test", [dict(zip(pred, vals)) for vals in zip(*pred.values())])
-    assert [(s.split, s.task, s.n) for s in scores] == [("colours/test", "colours", 3)]
+        scores = score_rows(split, [dict(zip(pred, vals)) for vals in zip(*pred.values())])
+    assert [(s.split, s.task, s.n) for s in scores] == [(split, task, 3)]
     assert 0.0 <= scores[0].accuracy <= 1.0
     return paths, out
 
@@ -453,3 +537,38 @@ def test_qwen2vl_recipe_end_to_end_on_tiny_twins(ray_local, twins, tmp_path):
     assert sum(r["image"] is not None for r in corpus) == 12
     assert any(r["instruction"].startswith("Be brief.") for r in corpus)
     _hf_teacher_diagnoses_and_annotates(cfg)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_qwen2audio_recipe_end_to_end_on_tiny_twins(ray_local, twins, audio_twin, tmp_path):
+    """The audio recipe as written, on a Qwen2-Audio twin: the ``audios`` JSON imported (WAV
+    and FLAC, a missing and an undecodable clip quarantined), LoRA on the Qwen2 decoder
+    only, CoMMIT steps on Ray Train with the projector as the encoder group, the adapter
+    through PEFT on an audio probe, and generation from the clips."""
+    data = write_audio_sharegpt_data(tmp_path / "data")
+    cfg = recipe(AUDIO_RECIPE, tmp_path, audio_twin, twins["teacher"], data, "sharegpt", None, task="tones")
+    assert cfg.student.freeze_audio_tower and cfg.training.coordination.mode == "commit"  # the recipe's own values
+    from mmtune.models.student import apply_lora, load_student, param_groups
+
+    # the projector is the whole encoder group while the tower is frozen
+    model, _ = load_student(audio_twin, cfg.student)
+    assert type(model).__name__ == "Qwen2AudioForConditionalGeneration"
+    encoder = [n for n, _ in param_groups(apply_lora(model, cfg.student))["encoder"]]
+    assert encoder and all("multi_modal_projector" in n for n in encoder)
+
+    lines: list[str] = []
+    paths, _ = _train_evaluate_and_reload(cfg, audio_twin, lines.append, ray_data_eval=False, task="tones",
+                                          probe=(None, _wav(TONES["high"])))
+    log = "\n".join(lines)
+    # corpus: 2 demo clips (WAV, FLAC) + 3 tones + a 2-turn conversation + 1 text-only = 8;
+    # the demo's absent mp3 and the broken WAV are quarantined
+    assert "written:     8 samples" in log and "quarantined: 2" in log and "undecodable audio" in log
+    import pyarrow.parquet as pq
+
+    corpus = {r["id"]: r for r in pq.read_table(paths.corpus).to_pylist()}
+    assert sum(r["audio"] is not None for r in corpus.values()) == 7
+    assert all(r["image"] is None for r in corpus.values())
+    two_turns = sorted((r for r in corpus.values() if r["instruction"] in ("Is it low?", "And this one?")),
+                       key=lambda r: r["instruction"], reverse=True)
+    assert [r["audio"] for r in two_turns] == [_wav(TONES["low"], 0.8), _wav(TONES["high"], 1.2)]
