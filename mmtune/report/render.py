@@ -186,6 +186,10 @@ def _run_meta(run: dict[str, Any]) -> str:
     student = _cfg(run, "student", "name_or_path")
     if student:
         parts.append(f"student {student}")
+    # The report shows no media, so say which modality the run's SkillWorld data was (audio
+    # runs read like vision runs otherwise: the questions are text either way).
+    if _cfg(run, "data", "source") == "skillworld" and _cfg(run, "data", "skillworld", "modality"):
+        parts.append(f"data SkillWorld ({_cfg(run, 'data', 'skillworld', 'modality')})")
     teacher = _cfg(run, "teacher", "backend")
     if teacher:
         name = _cfg(run, "teacher", "name_or_path")
