@@ -563,7 +563,8 @@ def test_qwen2audio_recipe_end_to_end_on_tiny_twins(ray_local, twins, audio_twin
     log = "\n".join(lines)
     # corpus: 2 demo clips (WAV, FLAC) + 3 tones + a 2-turn conversation + 1 text-only = 8;
     # the demo's absent mp3 and the broken WAV are quarantined
-    assert "written:     8 samples" in log and "quarantined: 2" in log and "undecodable audio" in log
+    assert "written:     8 samples" in log and "quarantined: 2" in log
+    assert "audio not found" in log and "undecodable audio" in log
     import pyarrow.parquet as pq
 
     corpus = {r["id"]: r for r in pq.read_table(paths.corpus).to_pylist()}
