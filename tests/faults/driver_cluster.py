@@ -34,10 +34,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_env(tmp: str) -> dict[str, str]:
     """The environment of the cluster's processes and of the drivers: the test settings of
-    tests/conftest.py (no auth on loopback, offline HF, one thread), a private Ray temp dir."""
+    tests/conftest.py (no auth on loopback, offline HF, one thread), a private temp dir."""
     env = dict(os.environ)
     env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", RAY_TMPDIR=tmp,
+               # TMPDIR too: the Train workers of a killed driver die without their cleanup
+               # (shard spill, checkpoint scratch); their leftovers go with the cluster's dir.
+               TMPDIR=tmp,
                PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
     env.pop("RAY_ADDRESS", None)  # drivers get the address explicitly
     return env
