@@ -9,20 +9,27 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import pytest  # noqa: E402
-
+import pytest
 
 # Tests that start their own multi-node Ray (ray.cluster_utils.Cluster) or a real head and
-# submit jobs to it: minutes each on 2 cores. `make test` leaves them out (CI's 20-minute
-# budget); `make test-cluster` runs them (docs/operations.md, "Reliability").
+# submit jobs to it: minutes each on 2 cores, most of it spent waiting (node and replica
+# deaths to be noticed, processes to start, jobs to be polled). `make test` runs them with
+# pytest-xdist as a second stream beside the rest of the suite (`-n 2 --dist loadgroup`):
+# every test gets an `xdist_group`, "cluster" or "main", so each stream keeps its order and
+# its module fixtures, and the suite's one `ray_local` lives in the "main" worker only.
+# They share nothing with it: their own temp dirs, free ports, subprocess drivers.
+# `make test-cluster` (marker `cluster`) runs them alone.
 CLUSTER_TESTS = ("tests/faults/", "tests/cluster/test_job_submit.py")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the node ids
 def pytest_collection_modifyitems(config, items):
     for item in items:
         path = str(item.path.relative_to(config.rootpath)) if item.path.is_relative_to(config.rootpath) else ""
-        if path.startswith(CLUSTER_TESTS):
+        cluster = path.startswith(CLUSTER_TESTS)
+        if cluster:
             item.add_marker(pytest.mark.cluster)
+        item.add_marker(pytest.mark.xdist_group("cluster" if cluster else "main"))
     import torch
 
     if torch.cuda.is_available():

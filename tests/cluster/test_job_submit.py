@@ -32,6 +32,7 @@ import pytest
 import yaml
 
 from tests.cluster.local_head import LocalHead
+from tests.teacher.conftest import free_port
 from tests.training.test_pretrain import TINY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +46,9 @@ PIPELINE = [*TINY, "student.pretrain.steps=4", "student.pretrain.log_every=2", "
             "eval.num_actors=1", "eval.max_items_per_task=4", "eval.forgetting=false",
             "training.batch_size=4", "training.max_steps=2", "training.num_workers=1", "training.cpus_per_worker=0.5",
             "training.torch_threads=1", "training.coordination.interval=2", "training.coordination.probe_size=2",
-            "retrieval.method=random", "retrieval.budget=4", "retrieval.rounds=1", "run.name=submitted"]
+            "retrieval.method=random", "retrieval.budget=4", "retrieval.rounds=1", "run.name=submitted",
+            # its own port: the rest of the suite runs beside it (pytest-xdist), with Serve on 8000
+            f"teacher.port={free_port()}"]
 STAGES = ["data", "student", "evaluate_0", "select_1", "train_1", "evaluate_1"]
 
 

@@ -43,12 +43,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.faults.driver_cluster import shared_cluster
+from tests.teacher.conftest import free_port
 from tests.test_pipeline import LOOP
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 CONFIG = [*LOOP, "retrieval.method=random", "retrieval.rounds=1", "retrieval.budget=8",
-          "eval.max_items_per_task=4", "eval.forgetting=false", "run.seed=3"]
+          "eval.max_items_per_task=4", "eval.forgetting=false", "run.seed=3",
+          # its own port: the rest of the suite runs beside it (pytest-xdist), with Serve on 8000
+          f"teacher.port={free_port()}"]
 # One-line outputs of the loss curve that depend on wall time, not on the computation.
 TIMING_KEYS = {"samples_per_s", "seconds", "time", "t", "elapsed", "steps_per_s"}
 
