@@ -14,22 +14,35 @@ import pytest
 # Tests that start their own multi-node Ray (ray.cluster_utils.Cluster) or a real head and
 # submit jobs to it: minutes each on 2 cores, most of it spent waiting (node and replica
 # deaths to be noticed, processes to start, jobs to be polled). `make test` runs them with
-# pytest-xdist as a second stream beside the rest of the suite (`-n 2 --dist loadgroup`):
-# every test gets an `xdist_group`, "cluster" or "main", so each stream keeps its order and
-# its module fixtures, and the suite's one `ray_local` lives in the "main" worker only.
-# They share nothing with it: their own temp dirs, free ports, subprocess drivers.
+# pytest-xdist as a second stream beside the rest of the suite (`-n 2 --dist loadgroup`,
+# scheduled by `pytest_xdist_make_scheduler` below), so each stream keeps its order and its
+# module fixtures, and the suite's one `ray_local` lives in the main stream's worker. They
+# share nothing with it: their own temp dirs, free ports, subprocess drivers.
 # `make test-cluster` (marker `cluster`) runs them alone.
 CLUSTER_TESTS = ("tests/faults/", "tests/cluster/test_job_submit.py")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the node ids
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Under ``--dist loadgroup``: two streams, the cluster tests and the rest, each whole
+    on one worker. (xdist's own loadgroup reads `xdist_group` marks into node ids, which
+    pytest 9.2's node ids no longer take, so the groups are drawn here from the paths.)"""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class TwoStreams(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "cluster" if nodeid.startswith(CLUSTER_TESTS) else "main"
+
+    return TwoStreams(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         path = str(item.path.relative_to(config.rootpath)) if item.path.is_relative_to(config.rootpath) else ""
-        cluster = path.startswith(CLUSTER_TESTS)
-        if cluster:
+        if path.startswith(CLUSTER_TESTS):
             item.add_marker(pytest.mark.cluster)
-        item.add_marker(pytest.mark.xdist_group("cluster" if cluster else "main"))
     import torch
 
     if torch.cuda.is_available():
