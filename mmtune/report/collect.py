@@ -446,7 +446,8 @@ def collect_compare(root: str | Path) -> dict[str, Any]:
                                                                           if c["seed"] is not None})),
             "corpus_size": num(data.get("corpus_size")), "targets": targets, "baseline": baseline, "cells": cells, "table": table,
             "targets_mean": targets_mean_rows, "forgetting": forgetting, "majority": majority,
-            "corpus_majority": corpus_majority, "detail_cell": detail_cell, "detail": detail, "notes": notes}
+            "corpus_majority": corpus_majority, "detail_cell": detail_cell, "detail": detail, "notes": notes,
+            "config": data.get("config") if isinstance(data.get("config"), dict) else {}}
 
 
 def collect(path: str | Path) -> dict[str, Any]:

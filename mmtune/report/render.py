@@ -539,7 +539,11 @@ def _cells_table(cmp: dict[str, Any]) -> Table | None:
 def build_compare(cmp: dict[str, Any], dpi: int = plots.DPI) -> tuple[str, str, list[Block]]:
     title = f"Comparison report: {cmp['name']}"
     corpus = cmp.get("corpus_size")
+    student = _cfg(cmp, "student", "name_or_path")
+    modality = _cfg(cmp, "data", "skillworld", "modality") if _cfg(cmp, "data", "source") == "skillworld" else None
     meta = " · ".join(p for p in [
+        f"student {student}" if student else "",
+        f"data SkillWorld ({modality})" if modality else "",
         "arms " + ", ".join(cmp["arms"]) if cmp["arms"] else "",
         "budgets " + ", ".join(fmt_int(b) for b in cmp["budgets"]) if cmp["budgets"] else "",
         f"corpus {fmt_int(corpus)} samples" if corpus else "",
