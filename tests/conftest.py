@@ -54,12 +54,18 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def ray_local(tmp_path_factory):
+def ray_local():
     """One local Ray for the whole session, sized for a 2-core machine."""
+    import shutil
+    import tempfile
+
     import ray
 
+    # Short and private: Ray's unix socket paths must stay under 107 bytes, which a pytest
+    # tmp dir under pytest-xdist (/tmp/pytest-of-<user>/pytest-<n>/popen-gw0/...) can exceed.
+    temp_dir = tempfile.mkdtemp(prefix="mmr")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=512 * 1024 * 1024,
-             _temp_dir=str(tmp_path_factory.mktemp("ray")))
+             object_store_memory=512 * 1024 * 1024, _temp_dir=temp_dir)
     yield ray
     ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)

@@ -26,10 +26,12 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -68,7 +70,9 @@ class LocalHead:
         self.mark = uuid.uuid4().hex
         self.token = secrets.token_hex(32)  # what `ray get-auth-token --generate` makes
         self.token_path = self.root / "auth_token"
-        self.temp_dir = self.root / "ray"
+        # Ray's unix socket paths must stay under 107 bytes; pytest's tmp dirs (deeper under
+        # pytest-xdist's popen-gwN/) can be too long for them, so Ray's own dir is short.
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="mmh"))
         self.log_path = self.root / "ray_start.log"
         self.gcs_port, self.dashboard_port, self.agent_port, self.client_port = free_ports(4)
         self.proc: subprocess.Popen | None = None
@@ -190,6 +194,7 @@ class LocalHead:
             psutil.wait_procs(left, timeout=2)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(5)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def leftovers(self) -> list[str]:
         """What is still alive of every process this head ever showed, as 'pid name'."""
