@@ -192,6 +192,11 @@ def run_compare(cfg: RunConfig, *, resume: bool = False, progress: Progress = pr
         raise FileExistsError(f"{root} already holds a comparison; continue it with --resume, or pick another "
                               f"run.name (e.g. run.name={cfg.run.name}-2)")
     root.mkdir(parents=True, exist_ok=True)
+    # A resumed cell keeps the wall time it took when it ran, not the ~0 s of reading it back.
+    earlier: dict[tuple[str, int, int], Any] = {}
+    if resume and (root / "compare.json").is_file():
+        earlier = {(c["arm"], c["budget"], c["seed"]): c.get("seconds")
+                   for c in json.loads((root / "compare.json").read_text()).get("cells", [])}
     paths = data_paths(cfg, progress)
     n = corpus_size([str(p) for p in paths.corpus])
     cells_plan = plan(cfg, n)
@@ -207,8 +212,9 @@ def run_compare(cfg: RunConfig, *, resume: bool = False, progress: Progress = pr
         ccfg = cell_config(cfg, arm, budget, seed, n)
         cell_dir = root / cell_name(arm, budget, seed)
         done = cell_dir / "summary.json"
-        tc = time.time()
+        tc, seconds = time.time(), None
         if resume and done.is_file():
+            seconds = earlier.get((arm, budget, seed))
             summary = json.loads(done.read_text())
             progress(f"[compare] cell {i}/{len(cells_plan)} {cell_name(arm, budget, seed)}: done earlier")
         else:
@@ -219,7 +225,8 @@ def run_compare(cfg: RunConfig, *, resume: bool = False, progress: Progress = pr
             result["baseline"]["scores"] = summary["rounds"][0]["scores"]
         result["cells"].append({"arm": arm, "budget": budget, "seed": seed, "run_dir": str(cell_dir),
                                 "scores": _final_scores(summary), "selected": summary["rounds"][-1].get("selected"),
-                                "steps": ccfg.training.max_steps, "seconds": round(time.time() - tc, 1)})
+                                "steps": ccfg.training.max_steps,
+                                "seconds": seconds if seconds is not None else round(time.time() - tc, 1)})
         result["table"], result["forgetting"] = aggregate(result["cells"])
         result["seconds"] = round(time.time() - t0, 1)
         (root / "compare.json").write_text(json.dumps(result, indent=2, default=str))
