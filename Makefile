@@ -22,13 +22,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/mmtune demo --config configs/demo.yaml $(ARGS)
 
-# Two streams (pytest-xdist): the reliability tests on a 3-node ray.cluster_utils.Cluster
-# and a real head (~7 minutes on 2 cores, mostly waiting on deaths, starts and polls) run
-# in one worker while the rest of the suite runs in the other (tests/conftest.py).
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The reliability tests alone.
+# The reliability tests on a 3-node ray.cluster_utils.Cluster and a real head (ray job
+# submit): ~7 minutes on 2 cores, so not part of `make test` (CI's budget).
 test-cluster: $(STAMP)
 	$(PY) -m pytest -m cluster $(PYTEST_ARGS)
 
