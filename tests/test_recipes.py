@@ -114,6 +114,17 @@ def write_llava_data(d: Path) -> dict[str, Path]:
     return paths
 
 
+def _sharegpt_targets(names, qa, media: str, path: str) -> list[dict]:
+    """Target rows in LLaMA-Factory's ShareGPT layout: one ``<image>``/``<audio>`` turn each,
+    its file under ``images``/``audios``."""
+    rows = []
+    for name in names:
+        q, a = qa(name)
+        rows.append({"messages": [{"role": "user", "content": f"<{media}>{q}"}, {"role": "assistant", "content": a}],
+                     f"{media}s": [path.format(name)]})
+    return rows
+
+
 def write_sharegpt_data(d: Path) -> dict[str, Path]:
     """ShareGPT / LLaMA-Factory JSON: LLaMA-Factory's mllm_demo (real JPEGs, 2 turns, images
     resolved against the file's directory) plus colour items; targets in the same format."""
@@ -133,12 +144,7 @@ def write_sharegpt_data(d: Path) -> dict[str, Path]:
                    "images": ["images/red.png", "images/blue.png"]})  # two images in one turn: quarantined
 
     def target(names):
-        rows = []
-        for name in names:
-            q, a = _qa(name)
-            rows.append({"messages": [{"role": "user", "content": f"<image>{q}"},
-                                      {"role": "assistant", "content": a}], "images": [f"images/{name}.png"]})
-        return rows
+        return _sharegpt_targets(names, _qa, "image", "images/{}.png")
 
     paths = {"corpus": d / "corpus.json", "val": d / "val.json", "test": d / "test.json"}
     paths["corpus"].write_text(json.dumps(corpus, ensure_ascii=False, indent=1))
@@ -189,12 +195,7 @@ def write_audio_sharegpt_data(d: Path) -> dict[str, Path]:
                                 {"role": "assistant", "content": "Noise."}], "audios": ["clips/broken.wav"]})
 
     def target(names):
-        rows = []
-        for name in names:
-            q, a = _tone_qa(name)
-            rows.append({"messages": [{"role": "user", "content": f"<audio>{q}"},
-                                      {"role": "assistant", "content": a}], "audios": [f"clips/{name}.wav"]})
-        return rows
+        return _sharegpt_targets(names, _tone_qa, "audio", "clips/{}.wav")
 
     paths = {"corpus": d / "corpus.json", "val": d / "val.json", "test": d / "test.json"}
     paths["corpus"].write_text(json.dumps(corpus, indent=1))
