@@ -43,7 +43,7 @@ def ray_local():
     import ray
 
     # Short and private: Ray's unix socket paths must stay under 107 bytes, which a pytest
-    # tmp dir under pytest-xdist (/tmp/pytest-of-<user>/pytest-<n>/popen-gw0/...) can exceed.
+    # tmp dir (/tmp/pytest-of-<user>/pytest-<n>/...) reached here as root and can exceed.
     temp_dir = tempfile.mkdtemp(prefix="mmr")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              object_store_memory=512 * 1024 * 1024, _temp_dir=temp_dir)

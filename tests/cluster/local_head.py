@@ -70,8 +70,8 @@ class LocalHead:
         self.mark = uuid.uuid4().hex
         self.token = secrets.token_hex(32)  # what `ray get-auth-token --generate` makes
         self.token_path = self.root / "auth_token"
-        # Ray's unix socket paths must stay under 107 bytes; pytest's tmp dirs (deeper under
-        # pytest-xdist's popen-gwN/) can be too long for them, so Ray's own dir is short.
+        # Ray's unix socket paths must stay under 107 bytes; pytest's tmp dirs (longer with a
+        # long user name, a high run number, or pytest-xdist's popen-gwN/) can exceed it.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="mmh"))
         self.log_path = self.root / "ray_start.log"
         self.gcs_port, self.dashboard_port, self.agent_port, self.client_port = free_ports(4)

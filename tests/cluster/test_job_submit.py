@@ -47,7 +47,7 @@ PIPELINE = [*TINY, "student.pretrain.steps=4", "student.pretrain.log_every=2", "
             "training.batch_size=4", "training.max_steps=2", "training.num_workers=1", "training.cpus_per_worker=0.5",
             "training.torch_threads=1", "training.coordination.interval=2", "training.coordination.probe_size=2",
             "retrieval.method=random", "retrieval.budget=4", "retrieval.rounds=1", "run.name=submitted",
-            # its own port: the rest of the suite runs beside it (pytest-xdist), with Serve on 8000
+            # its own port: the session's ray_local may still hold a Serve on 8000
             f"teacher.port={free_port()}"]
 STAGES = ["data", "student", "evaluate_0", "select_1", "train_1", "evaluate_1"]
 

@@ -50,7 +50,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 CONFIG = [*LOOP, "retrieval.method=random", "retrieval.rounds=1", "retrieval.budget=8",
           "eval.max_items_per_task=4", "eval.forgetting=false", "run.seed=3",
-          # its own port: the rest of the suite runs beside it (pytest-xdist), with Serve on 8000
+          # its own port: the session's ray_local may still hold a Serve on 8000
           f"teacher.port={free_port()}"]
 # One-line outputs of the loss curve that depend on wall time, not on the computation.
 TIMING_KEYS = {"samples_per_s", "seconds", "time", "t", "elapsed", "steps_per_s"}
