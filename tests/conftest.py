@@ -8,6 +8,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach for the hub in
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Ray Train starts a PreemptionWatcher actor per run to follow node drains (spot clusters);
+# on the one-node test Ray there is nothing to drain, and each actor is a Python process
+# start (~2 s of a CI core). The cluster tests inherit this too: they kill nodes, which is
+# not a drain, so the watcher would have nothing to report there either.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 import pytest
 

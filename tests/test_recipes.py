@@ -8,8 +8,10 @@ here (LLaVA JSON / ShareGPT JSON with PNG and JPEG images, ShareGPT JSON with WA
 clips in an ``audios`` list), and the sizes at a 2-core CPU
 (batch, steps, workers, device cpu, dtype float32). Then the real code paths run: the
 import of the JSON corpus and targets, loading the student, LoRA + parameter groups, a
-few CoMMIT steps on Ray Train, the saved adapter through PEFT's own
-``PeftModel.from_pretrained``, generation + evaluation on Ray Data, and the teacher's
+few CoMMIT steps (on Ray Train for LLaVA; the Ray Train workers' loop in process for the
+Qwen twins, since Ray Train's adapter does not depend on the architecture), the saved
+adapter through PEFT's own ``PeftModel.from_pretrained``, generation + evaluation (on Ray
+Data for LLaVA; the same per-actor ``Predictor`` in process for the others), and the teacher's
 ``hf`` backend on a tiny Qwen2.5-Instruct twin (and the ``openai`` alternative's config).
 
 What this cannot show: anything about the real weights (quality, memory, speed on GPUs).
@@ -406,12 +408,37 @@ def test_a_vlm_checkpoint_also_serves_as_hf_teacher(twins):
 
 
 # --------------------------------------------------------------------------- end to end on Ray
+def _train_in_process(cfg, student_dir: Path, corpus: list[Path], out: Path):
+    """The training loop each Ray Train worker runs (``mmtune.training.loop.run_training``),
+    called in this process: the same model code, LoRA, CoMMIT steps and adapter save."""
+    import pyarrow.parquet as pq
+
+    from mmtune.models.student import apply_lora, load_student
+    from mmtune.training.checkpoint import ADAPTER_DIR
+    from mmtune.training.loop import run_training
+
+    model, processor = load_student(student_dir, cfg.student)
+    torch.manual_seed(cfg.run.seed)
+    model = apply_lora(model, cfg.student)
+    rows = [r for p in corpus for r in pq.read_table(p).to_pylist()]
+    res = run_training(model, processor, rows, cfg.training, seed=cfg.run.seed, checkpoint_root=out)
+    assert res.step == cfg.training.max_steps and all(h["loss"] == h["loss"] for h in res.history)
+    adapter = res.checkpoints[-1] / ADAPTER_DIR
+    assert (adapter / "adapter_config.json").is_file()
+    return adapter
+
+
 def _train_evaluate_and_reload(cfg, student_dir: Path, progress, ray_data_eval: bool = True, task: str = "colours",
-                               probe: tuple[bytes | None, bytes | None] | None = None):
+                               probe: tuple[bytes | None, bytes | None] | None = None, ray_train: bool = True):
     """Import → load → LoRA targets → Ray Train → adapter via PEFT → evaluation: through
     Ray Data (``evaluate_splits``), or its per-actor ``Predictor`` alone (the same
     generation code, ~15 s less on a loaded 2-core machine). ``probe``: the (image, audio)
-    of the sample on which the adapter must change the logits (default: a red picture)."""
+    of the sample on which the adapter must change the logits (default: a red picture).
+
+    ``ray_train=False`` runs the workers' training loop in this process instead: Ray Train's
+    adapter does not depend on the architecture (one recipe covers it, and
+    tests/training/test_trainer.py and tests/faults the rest), and a Ray Train run costs
+    ~20 s of process start-up on a 2-core CI machine."""
     from peft import PeftModel
 
     from mmtune.data.catalog import data_paths
@@ -437,15 +464,21 @@ def _train_evaluate_and_reload(cfg, student_dir: Path, progress, ray_data_eval: 
     groups = param_groups(tuned)
     assert groups["encoder"] and groups["llm"]
 
-    out = run_train_job(cfg, [str(p) for p in paths.corpus], student=student_dir, name="smoke", progress=progress)
-    assert out.steps == cfg.training.max_steps and out.adapter_dir
-    history = [json.loads(x) for x in (Path(out.run_dir) / "history.jsonl").read_text().splitlines()]
-    assert [h["step"] for h in history] == [1, 2, 3] and all(h["loss"] == h["loss"] for h in history)
+    if ray_train:
+        out = run_train_job(cfg, [str(p) for p in paths.corpus], student=student_dir, name="smoke",
+                            progress=progress)
+        assert out.steps == cfg.training.max_steps and out.adapter_dir
+        history = [json.loads(x) for x in (Path(out.run_dir) / "history.jsonl").read_text().splitlines()]
+        assert [h["step"] for h in history] == [1, 2, 3] and all(h["loss"] == h["loss"] for h in history)
+        adapter_dir, run_dir = out.adapter_dir, Path(out.run_dir)
+    else:
+        run_dir = Path(cfg.run.out_dir) / "smoke"
+        adapter_dir = _train_in_process(cfg, student_dir, list(paths.corpus), run_dir / "ckpt")
 
     # The adapter loads with PEFT's own API on a fresh base, and is not a no-op.
     base, processor = load_student(student_dir, cfg.student)
     untouched, _ = load_student(student_dir, cfg.student)
-    peft_model = PeftModel.from_pretrained(base, out.adapter_dir).eval()
+    peft_model = PeftModel.from_pretrained(base, adapter_dir).eval()
     lora_b = [p for n, p in peft_model.named_parameters() if "lora_B" in n]
     assert lora_b and any(p.abs().sum() > 0 for p in lora_b)
     from mmtune.models.inputs import encode_for_training
@@ -458,12 +491,12 @@ def _train_evaluate_and_reload(cfg, student_dir: Path, progress, ray_data_eval: 
     split = f"{task}/test"
     splits = {split: [str(p) for p in paths.target_test[task]]}
     if ray_data_eval:
-        scores = evaluate_splits(cfg, student_dir, splits, adapter_dir=out.adapter_dir,
-                                 out_dir=Path(out.run_dir) / "eval", progress=progress)
+        scores = evaluate_splits(cfg, student_dir, splits, adapter_dir=adapter_dir,
+                                 out_dir=run_dir / "eval", progress=progress)
     else:
         import pyarrow.parquet as pq
 
-        predictor = Predictor(str(student_dir), cfg.student.model_dump(mode="json"), adapter_dir=out.adapter_dir,
+        predictor = Predictor(str(student_dir), cfg.student.model_dump(mode="json"), adapter_dir=str(adapter_dir),
                               max_new_tokens=cfg.student.max_new_tokens, device="cpu")
         table = pq.read_table(splits[split]).select(EVAL_COLUMNS)
         pred = predictor({c: table.column(c).to_numpy(zero_copy_only=False) for c in EVAL_COLUMNS})
@@ -471,7 +504,7 @@ def _train_evaluate_and_reload(cfg, student_dir: Path, progress, ray_data_eval: 
         scores = score_rows(split, [dict(zip(pred, vals)) for vals in zip(*pred.values())])
     assert [(s.split, s.task, s.n) for s in scores] == [(split, task, 3)]
     assert 0.0 <= scores[0].accuracy <= 1.0
-    return paths, out
+    return paths, adapter_dir
 
 
 def _hf_teacher_diagnoses_and_annotates(cfg):
@@ -527,7 +560,8 @@ def test_qwen2vl_recipe_end_to_end_on_tiny_twins(ray_local, twins, tmp_path):
     cfg = recipe(QWEN_RECIPE, tmp_path, twins["qwen2vl"], twins["teacher"], data, "sharegpt", None)
     assert cfg.student.image_max_pixels == 262144 and cfg.data.image_root is None
     lines: list[str] = []
-    paths, _ = _train_evaluate_and_reload(cfg, twins["qwen2vl"], lines.append, ray_data_eval=False)
+    paths, _ = _train_evaluate_and_reload(cfg, twins["qwen2vl"], lines.append, ray_data_eval=False,
+                                          ray_train=False)
     log = "\n".join(lines)
     # 4 LLaMA-Factory conversations x 2 turns + 4 colour items + 1 text-only (with system);
     # the two-images-in-one-turn row is quarantined
@@ -545,7 +579,7 @@ def test_qwen2vl_recipe_end_to_end_on_tiny_twins(ray_local, twins, tmp_path):
 def test_qwen2audio_recipe_end_to_end_on_tiny_twins(ray_local, twins, audio_twin, tmp_path):
     """The audio recipe as written, on a Qwen2-Audio twin: the ``audios`` JSON imported (WAV
     and FLAC, a missing and an undecodable clip quarantined), LoRA on the Qwen2 decoder
-    only, CoMMIT steps on Ray Train with the projector as the encoder group, the adapter
+    only, CoMMIT steps (the Ray Train workers' loop, in process) with the projector as the encoder group, the adapter
     through PEFT on an audio probe, and generation from the clips."""
     data = write_audio_sharegpt_data(tmp_path / "data")
     cfg = recipe(AUDIO_RECIPE, tmp_path, audio_twin, twins["teacher"], data, "sharegpt", None, task="tones")
@@ -559,7 +593,8 @@ def test_qwen2audio_recipe_end_to_end_on_tiny_twins(ray_local, twins, audio_twin
     assert encoder and all("multi_modal_projector" in n for n in encoder)
 
     lines: list[str] = []
-    paths, _ = _train_evaluate_and_reload(cfg, audio_twin, lines.append, ray_data_eval=False, task="tones",
+    paths, _ = _train_evaluate_and_reload(cfg, audio_twin, lines.append, ray_data_eval=False, ray_train=False,
+                                          task="tones",
                                           probe=(None, _wav(TONES["high"])))
     log = "\n".join(lines)
     # corpus: 2 demo clips (WAV, FLAC) + 3 tones + a 2-turn conversation + 1 text-only = 8;
