@@ -46,7 +46,8 @@ def cmd_data_import(args: argparse.Namespace) -> int:
 
     report = import_dataset(
         args.src, args.format, args.out, image_root=args.image_root,
-        max_text_chars=args.max_text_chars, shard_rows=args.shard_rows, progress=_progress,
+        max_text_chars=args.max_text_chars, audio_sampling_rate=args.audio_rate, shard_rows=args.shard_rows,
+        progress=_progress,
         overwrite=args.overwrite)
     print(report.summary())
     return 0 if report.written else 1
@@ -368,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--image-root", default=None, help="directory relative image/audio paths resolve against")
     imp.add_argument("--out", required=True, help="output directory for parquet shards")
     imp.add_argument("--max-text-chars", type=int, default=8192)
+    imp.add_argument("--audio-rate", type=int, default=None, metavar="HZ",
+                     help="quarantine audio clips at another sampling rate (16000 for Qwen2-Audio / Whisper)")
     imp.add_argument("--shard-rows", type=int, default=4096)
     imp.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
     imp.set_defaults(func=cmd_data_import)

@@ -84,6 +84,9 @@ class DataConfig(_Section):
     targets: list[TargetSpec] = Field(default_factory=list)
     image_root: str | None = Field(None, description="directory that relative image/audio paths resolve against")
     max_text_chars: int = Field(8192, ge=16, description="longer instruction/response texts are quarantined")
+    audio_sampling_rate: int | None = Field(
+        None, ge=1000, description="audio clips at another rate are quarantined at import, with the fix; "
+        "set it to the student's feature-extractor rate (16000 for Qwen2-Audio / Whisper). null: any rate")
     shard_rows: int = Field(4096, ge=1, description="rows per parquet shard written")
     read_chunk_rows: int = Field(1024, ge=1, description="rows per streamed chunk when reading")
 

@@ -136,6 +136,7 @@ def import_key(files: list[Path], fmt: str, cfg: RunConfig, *, task: str | None 
     root = str(Path(dc.image_root).expanduser().resolve()) if dc.image_root else None
     return config_hash({"files": source_signature(files), "format": fmt, "image_root": root,
                         "max_text_chars": dc.max_text_chars, "shard_rows": dc.shard_rows, "task": task,
+                        "audio_sampling_rate": dc.audio_sampling_rate,
                         "gold_answers": gold_answers, "version": IMPORT_VERSION})
 
 
@@ -177,8 +178,8 @@ def ensure_imported(spec: str, fmt: str, cfg: RunConfig, *, name: str, task: str
     progress(f"[data] {name}: importing {spec} ({len(files)} file(s), format {fmt}) -> {out}")
     dc = cfg.data
     report = import_dataset(spec, fmt, tmp, image_root=dc.image_root, max_text_chars=dc.max_text_chars,
-                            shard_rows=dc.shard_rows, chunk_rows=dc.read_chunk_rows, task=task,
-                            gold_answers=gold_answers,
+                            audio_sampling_rate=dc.audio_sampling_rate, shard_rows=dc.shard_rows,
+                            chunk_rows=dc.read_chunk_rows, task=task, gold_answers=gold_answers,
                             progress=lambda line: progress(f"[data] {name}: {line}"))
     record_quarantine("import", name, report.reasons)  # Ray's metrics (mmtune/metrics.py); inert without Ray
     if report.written == 0:

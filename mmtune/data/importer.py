@@ -65,6 +65,7 @@ def import_dataset(
     *,
     image_root: str | Path | None = None,
     max_text_chars: int = 8192,
+    audio_sampling_rate: int | None = None,
     shard_rows: int = 4096,
     chunk_rows: int = 1024,
     progress: Callable[[str], None] | None = print,
@@ -104,7 +105,7 @@ def import_dataset(
         for result in results:
             if result.sample is not None:
                 _fill(result.sample, task, gold_answers)
-            reason = _check(result, seen, max_text_chars, gold_answers)
+            reason = _check(result, seen, max_text_chars, gold_answers, audio_sampling_rate)
             if result.quarantine is not None:
                 quarantine(q, result.quarantine)
             elif reason:
@@ -136,11 +137,12 @@ def _fill(sample: dict, task: str | None, gold_answers: bool) -> None:
             sample["answer"], sample["steps"] = lines[0], []
 
 
-def _check(result: ReadResult, seen: set[str], max_text_chars: int, gold_answers: bool = False) -> str | None:
+def _check(result: ReadResult, seen: set[str], max_text_chars: int, gold_answers: bool = False,
+           audio_sampling_rate: int | None = None) -> str | None:
     """The reason to quarantine a reader's sample, or None; records written ids in ``seen``."""
     if result.sample is None:
         return None
-    reason = validate_sample(result.sample, max_text_chars=max_text_chars)
+    reason = validate_sample(result.sample, max_text_chars=max_text_chars, audio_sampling_rate=audio_sampling_rate)
     if reason:
         return reason
     if gold_answers and isinstance(result.sample.get("answer"), str) and not result.sample["answer"].strip():

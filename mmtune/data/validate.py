@@ -79,8 +79,13 @@ def check_image(data: bytes) -> str | None:
     return None
 
 
-def check_audio(data: bytes) -> str | None:
-    """None if soundfile can open ``data`` and read frames from it, else ``undecodable audio: ...``."""
+def check_audio(data: bytes, sampling_rate: int | None = None) -> str | None:
+    """None if soundfile can open ``data`` and read frames from it (at ``sampling_rate`` Hz,
+    when given), else ``undecodable audio: ...`` or ``wrong sampling rate: ...``.
+
+    The rate is checked here, at import, because the student's feature extractor refuses
+    another rate (mmtune never resamples behind the user's back: models/inputs.py): a
+    44.1 kHz clip found at training time would fail a run hours in."""
     import soundfile as sf
 
     try:
@@ -88,12 +93,18 @@ def check_audio(data: bytes) -> str | None:
             if f.frames == 0:
                 return "undecodable audio: no frames"
             f.read(frames=min(f.frames, 4096))
+            rate = f.samplerate
     except Exception as e:  # soundfile raises LibsndfileError, RuntimeError, TypeError
         return f"undecodable audio: {e}"
+    if sampling_rate is not None and rate != sampling_rate:
+        return (f"wrong sampling rate: {rate} Hz, the student needs {sampling_rate} Hz "
+                f"(data.audio_sampling_rate); resample the clip (e.g. `sox in.wav -r {sampling_rate} out.wav`) "
+                "and import again")
     return None
 
 
-def validate_sample(sample: dict[str, Any], *, max_text_chars: int) -> str | None:
+def validate_sample(sample: dict[str, Any], *, max_text_chars: int,
+                    audio_sampling_rate: int | None = None) -> str | None:
     """None if ``sample`` may be written, else a short reason (see module docstring).
 
     Checks run cheapest first, and decoding the media comes last, so a bad text field
@@ -117,5 +128,5 @@ def validate_sample(sample: dict[str, Any], *, max_text_chars: int) -> str | Non
         if reason:
             return reason
     if sample["audio"] is not None:
-        return check_audio(sample["audio"])
+        return check_audio(sample["audio"], audio_sampling_rate)
     return None

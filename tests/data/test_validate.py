@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pyarrow.parquet as pq
 import pytest
 
 from mmtune.data.schema import make_sample
@@ -65,6 +66,32 @@ def test_audio_check_decodes_real_audio_and_rejects_garbage(h):
     assert check_audio(h.wav_bytes()) is None
     assert check_audio(h.wav_bytes()[:40]).startswith("undecodable audio")
     assert check_audio(b"\x00" * 100).startswith("undecodable audio")
+
+
+def test_audio_at_another_sampling_rate_is_refused_with_the_fix(h, good):
+    clip = h.wav_bytes(rate=8000)
+    assert check_audio(clip, 8000) is None and check_audio(clip) is None  # no rate asked: any rate
+    reason = check_audio(clip, 16000)
+    assert reason_category(reason) == "wrong sampling rate"
+    assert "8000 Hz" in reason and "16000 Hz" in reason and "resample" in reason
+    assert validate_sample({**good, "image": None, "audio": clip}, max_text_chars=100,
+                           audio_sampling_rate=16000) == reason
+
+
+def test_import_quarantines_clips_at_another_rate(h, tmp_path):
+    from mmtune.data.importer import import_dataset
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    (clips / "ok.wav").write_bytes(h.wav_bytes(rate=16000))
+    (clips / "cd.wav").write_bytes(h.wav_bytes(rate=44100))
+    rows = [{"messages": [{"role": "user", "content": "<audio>What is it?"},
+                          {"role": "assistant", "content": "A tone.\nAnswer: tone"}], "audios": [f"clips/{n}.wav"]}
+            for n in ("ok", "cd")]
+    src = h.write_json(tmp_path / "a.json", rows)
+    rep = import_dataset(src, "sharegpt", tmp_path / "out", audio_sampling_rate=16000, progress=None)
+    assert rep.written == 1 and rep.reasons == {"wrong sampling rate": 1}
+    assert "44100 Hz" in "".join(pq.read_table(rep.quarantine_path).column("reason").to_pylist())
 
 
 def test_checks_stop_at_the_first_problem_cheapest_first(good):
