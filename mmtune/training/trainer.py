@@ -39,7 +39,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -90,9 +89,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
 
+    from mmtune.training.scratch import make_scratch, reap_stale
     from mmtune.training.shards import load_shard
 
-    spill_dir = Path(tempfile.mkdtemp(prefix=f"mmtune-shard-r{rank}-"))
+    reaped = reap_stale()  # the scratch of workers killed earlier on this node (scratch.py)
+    if reaped:
+        print(f"[train] rank {rank}: removed {len(reaped)} scratch dir(s) of dead workers: "
+              f"{', '.join(p.name for p in reaped[:3])}{' ...' if len(reaped) > 3 else ''}", flush=True)
+    spill_dir = make_scratch(f"shard-r{rank}")
     t_load = time.time()
     if config.get("inline_data"):
         table = _resolve_inline(config["inline_data"][0])
@@ -118,8 +122,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     resume_dir = None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
-        resume_dir = ckpt.to_directory(tempfile.mkdtemp(prefix="mmtune-resume-"))
-    local_root = Path(tempfile.mkdtemp(prefix=f"mmtune-ckpt-r{rank}-"))
+        resume_dir = ckpt.to_directory(str(make_scratch(f"resume-r{rank}")))
+    local_root = make_scratch(f"ckpt-r{rank}")
 
     from mmtune.metrics import TrainMetrics
 
