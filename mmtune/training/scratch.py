@@ -11,6 +11,9 @@ removes the directories of owners that no longer run on this node.
 Only a pid that does not exist is reaped: a live pid, even one reused by an unrelated
 process, keeps its directories (the safe mistake). Directories are looked for in one temp
 dir (``tempfile.gettempdir()``: ``TMPDIR`` or ``/tmp``), the one this node's workers use.
+That dir must not be shared with processes in another pid namespace (containers mounting
+one host ``/tmp`` together): their live pids look dead from here. Give such workers their
+own ``TMPDIR``.
 """
 
 from __future__ import annotations
