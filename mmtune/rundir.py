@@ -67,7 +67,8 @@ class RunDir:
         ``inputs`` maps upstream stage names to their keys. Returns (key, outputs)."""
         key = config_hash({"config": config, "inputs": inputs})
         st = self.manifest["stages"].get(name)
-        if st and st.get("state") == "done" and st.get("key") == key and all(Path(p).exists() for p in paths(st["outputs"])):
+        if (st and st.get("state") == "done" and st.get("key") == key
+                and all(Path(p).exists() for p in paths(st["outputs"]))):
             self.progress(f"[run] {name}: unchanged, skipped (done in {st.get('seconds', 0):.0f}s earlier)")
             return key, st["outputs"]
         self.manifest["stages"][name] = {"state": "running", "key": key, "inputs": inputs, "started": time.time()}

@@ -1,4 +1,8 @@
-"""`ray job submit --runtime-env cluster/runtime_env.yaml -- python -m ray_jobs.evaluate --config configs/demo.yaml [KEY=VALUE ...]`"""
+"""Submit with
+
+    ray job submit --runtime-env cluster/runtime_env.yaml -- \\
+        python -m ray_jobs.evaluate --config configs/demo.yaml [KEY=VALUE ...]
+"""
 
 import sys
 

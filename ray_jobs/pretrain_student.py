@@ -1,4 +1,8 @@
-"""`ray job submit --runtime-env cluster/runtime_env.yaml -- python -m ray_jobs.pretrain_student --config configs/demo.yaml`"""
+"""Submit with
+
+    ray job submit --runtime-env cluster/runtime_env.yaml -- \\
+        python -m ray_jobs.pretrain_student --config configs/demo.yaml
+"""
 
 import sys
 

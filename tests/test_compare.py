@@ -1,8 +1,5 @@
 """mmtune compare: the plan and the shared settings (pure), and 2 arms × 1 seed end to end."""
 
-import json
-from pathlib import Path
-
 import pytest
 
 from mmtune.compare import aggregate, budget_counts, cell_config, headline_markdown, plan, steps_for

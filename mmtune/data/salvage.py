@@ -139,4 +139,5 @@ def each_or_reason(fn: Callable[[list[T]], Sequence[R]], items: Sequence[T]) -> 
         return results, reasons
 
 
-__all__ = ["REEXPORT", "decode_rows", "each_or_reason", "read_row_group", "row_group_reason", "row_groups", "safe_value", "value_reason"]
+__all__ = ["REEXPORT", "decode_rows", "each_or_reason", "read_row_group", "row_group_reason", "row_groups",
+           "safe_value", "value_reason"]

@@ -45,7 +45,8 @@ SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", IMAGE_TOKEN]
 # preset, llava-hf checkpoints and Qwen2-VL.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{{ message['content'][0]['text'] if message['content'] is not string else message['content'] }}\n"
+    "{% if message['role'] == 'system' %}"
+    "{{ message['content'][0]['text'] if message['content'] is not string else message['content'] }}\n"
     "{% elif message['role'] == 'user' %}USER: "
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
     "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>\n{% endif %}{% endfor %}"

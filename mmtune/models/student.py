@@ -178,7 +178,8 @@ def auto_model_class(src: str, trust_remote_code: bool = False) -> type:
     )
 
     model_type = AutoConfig.from_pretrained(src, trust_remote_code=trust_remote_code).model_type
-    if model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES and model_type in MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES:
+    if (model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+            and model_type in MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES):
         return AutoModelForMultimodalLM
     return AutoModelForImageTextToText
 

@@ -444,7 +444,8 @@ def collect_compare(root: str | Path) -> dict[str, Any]:
     return {"kind": "compare", "dir": str(root), "name": data.get("name") or root.name, "arms": arms,
             "budgets": budgets, "seeds": list(data.get("seeds") or sorted({c["seed"] for c in cells
                                                                           if c["seed"] is not None})),
-            "corpus_size": num(data.get("corpus_size")), "targets": targets, "baseline": baseline, "cells": cells, "table": table,
+            "corpus_size": num(data.get("corpus_size")), "targets": targets, "baseline": baseline, "cells": cells,
+            "table": table,
             "targets_mean": targets_mean_rows, "forgetting": forgetting, "majority": majority,
             "corpus_majority": corpus_majority, "detail_cell": detail_cell, "detail": detail, "notes": notes,
             "config": data.get("config") if isinstance(data.get("config"), dict) else {}}

@@ -277,8 +277,10 @@ def run_search(cfg: RunConfig, train_paths: Sequence[str], val_splits: Mapping[s
     val_rows = read_val_rows(val_splits, settings.max_val_items, cfg.run.seed)
     progress(f"[search] {cfg.search.num_samples} trial(s), {concurrency} at a time, ASHA over {settings.rungs} "
              f"rung(s) (grace {settings.grace_period}, reduction {settings.reduction_factor:g}); "
-             f"{cfg.search.metric} ({cfg.search.mode}) on {', '.join(f'{k} ({len(v)} items)' for k, v in val_rows.items())}"
-             f"; placement {plan.placement}: {plan.workers_per_trial} worker(s) × {plan.cpus_per_worker:g} CPU per trial"
+             f"{cfg.search.metric} ({cfg.search.mode}) on "
+             + ", ".join(f"{k} ({len(v)} items)" for k, v in val_rows.items())
+             + f"; placement {plan.placement}: {plan.workers_per_trial} worker(s) × {plan.cpus_per_worker:g} CPU "
+             "per trial"
              + (" + GPU" if plan.use_gpu else "") + f"\n[search] space:\n{describe_space(dims)}")
 
     # Read the training data once: every trial iterates the same materialized blocks (the

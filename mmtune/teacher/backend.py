@@ -321,7 +321,8 @@ class OpenAIBackend:
                 c = reply["choices"][0]
                 return c["message"]["content"] if self.api == "chat" else c["text"]
             except (KeyError, IndexError, TypeError) as e:
-                raise TeacherError(self._redact(f"unexpected reply shape from {self.base_url}: {str(reply)[:300]}")) from e
+                raise TeacherError(self._redact(
+                    f"unexpected reply shape from {self.base_url}: {str(reply)[:300]}")) from e
 
         return self._map(one, list(prompts))
 

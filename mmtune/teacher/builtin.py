@@ -1,7 +1,8 @@
 """The built-in teacher of the embedded default: a small causal LM trained on text only.
 
 It stands in for a 72B teacher. It is trained once (cached by config hash) on SkillWorld
-*corpus* tasks of the configured family (vision or audio; the teacher reads their text only) that mmtune generates for it under its own seed stream (split "teacher"),
+*corpus* tasks of the configured family (vision or audio; the teacher reads their text only)
+that mmtune generates for it under its own seed stream (split "teacher"),
 never on target tasks and never on the pool's own rows or metadata. It learns, in the
 exact prompt formats of ``prompts/*.v1.txt``:
 

@@ -171,7 +171,8 @@ class Teacher:
                                    mistake_step=steps[step - 1], gold=item["gold"],
                                    prediction=item.get("prediction") or "(no answer)")
 
-    def skills_for_steps(self, items: Sequence[dict[str, Any]], steps: Sequence[int]) -> list[tuple[str | None, str, int]]:
+    def skills_for_steps(self, items: Sequence[dict[str, Any]],
+                         steps: Sequence[int]) -> list[tuple[str | None, str, int]]:
         return self._ask([self.skill_prompt(it, s) for it, s in zip(items, steps)], parse_skill)
 
     # ------------------------------------------------------------------ the whole analysis

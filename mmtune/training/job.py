@@ -142,7 +142,8 @@ def run_train_job(cfg: RunConfig, paths: Sequence[str], *, tasks: Sequence[str] 
                "tasks": list(tasks) if tasks else None, "config": cfg.to_dict()}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     progress(f"[train] done: {outcome.steps} steps in {seconds:.0f}s, final loss "
-             f"{outcome.metrics.get('loss', float('nan')):.4f}; adapter: {adapter or '(LoRA disabled: see checkpoint)'}")
+             f"{outcome.metrics.get('loss', float('nan')):.4f}; "
+             f"adapter: {adapter or '(LoRA disabled: see checkpoint)'}")
     return outcome
 
 

@@ -15,7 +15,12 @@ from collections.abc import Callable
 from .audio import DIRECTIONS, LENGTHS, LEVELS, ORDINALS, PITCHES
 from .tasks_audio import AUDIO_STEPS, MORE_LESS
 
-_ALT = lambda words: "(" + "|".join(re.escape(w) for w in words) + ")"
+
+
+def _ALT(words):  # noqa: N802 - reads as a regex constructor in the table below
+    return "(" + "|".join(re.escape(w) for w in words) + ")"
+
+
 # slot name -> regex; slot names are distinct from the vision family's (``n`` is an integer there too)
 AUDIO_SLOT_RE = {"nth": _ALT(ORDINALS), "pitch": _ALT(PITCHES), "length": _ALT(LENGTHS), "level": _ALT(LEVELS),
                  "direction": _ALT(DIRECTIONS)}
