@@ -56,6 +56,23 @@ def _teacher_identity(cfg: RunConfig) -> dict[str, Any]:
     return cfg.teacher.model_dump(mode="json", exclude=_TEACHER_OPERATIONAL)
 
 
+# What the corpus annotation depends on: the model and how it is prompted and decoded. Not
+# the diagnosis-only settings (δ, λ, the hint, candidate scoring) nor settings added to the
+# teacher section later: annotating a real corpus with a 72B teacher costs hours, and a
+# sweep over δ, or an upgrade that adds a teacher field, must not redo it.
+_ANNOTATION_FIELDS = ("backend", "name_or_path", "chat_template", "openai_api", "base_url", "max_new_tokens",
+                      "dtype", "prompt_version", "parse_retries")
+
+
+def annotation_key(cfg: RunConfig, corpus: list[str], teacher_dir: str | None) -> str:
+    """The cache key of the corpus annotation (``<cache_dir>/annotated/<key>``): the corpus
+    files (size, mtime), the teacher fields in ``_ANNOTATION_FIELDS`` and, for the built-in
+    teacher, its model directory's name (itself a hash of what trained it)."""
+    t = cfg.teacher
+    return config_hash({"corpus": _sig(corpus), "teacher": {f: getattr(t, f) for f in _ANNOTATION_FIELDS},
+                        "model": Path(teacher_dir).name if teacher_dir else None})
+
+
 def _absolute(path: str) -> str:
     """Local paths made absolute: Ray Train workers, Serve replicas and Ray Data actors may
     run in other working directories (or on other nodes, with the same shared paths).
@@ -200,9 +217,7 @@ class Pipeline:
         if rc.method in ("random", "full", "oracle"):
             return
         if self.needs_teacher():
-            tcfg = _teacher_identity(cfg)
-            akey = config_hash({"corpus": _sig(corpus), "teacher": tcfg, "teacher_key": self.keys["teacher"]})
-            adir = Path(cfg.run.cache_dir) / "annotated" / akey
+            adir = Path(cfg.run.cache_dir) / "annotated" / annotation_key(cfg, corpus, self.teacher_dir)
             ka, _ = self.run.stage("annotate", {"dir": str(adir)}, {"teacher": self.keys["teacher"]},
                                    lambda: annotate_corpus(cfg, corpus, adir, builtin_dir=self.teacher_dir,
                                                            progress=self.progress),

@@ -102,3 +102,27 @@ def test_compare_end_to_end(random_run):
         run_compare(cfg, progress=logs.append)
     again = run_compare(cfg, resume=True, progress=logs.append)
     assert [c["scores"] for c in again["cells"]] == [c["scores"] for c in result["cells"]]
+
+
+def test_annotation_key_ignores_diagnosis_settings_and_follows_the_model(tmp_path):
+    """Annotating a real corpus costs hours of a 72B teacher: a δ sweep or a serving change
+    must find the same annotation; another model, prompt or corpus file must not."""
+    from mmtune.pipeline import annotation_key
+
+    corpus = tmp_path / "part-0.parquet"
+    corpus.write_bytes(b"x" * 10)
+
+    def key(*overrides, tdir="/c/teachers/builtin-aaa"):
+        return annotation_key(load_config(None, list(overrides)), [str(corpus)], tdir)
+
+    base = key()
+    for same in (["teacher.delta=0.3"], ["teacher.switch_patience=3"], ["teacher.hint_probability=0.7"],
+                 ["teacher.score_candidates=text"], ["teacher.batch_size=64"], ["teacher.port=9001"],
+                 ["teacher.locate=random"]):
+        assert key(*same) == base, same
+    for other in (["teacher.prompt_version=v2"], ["teacher.max_new_tokens=64"],
+                  ["teacher.backend=hf", "teacher.name_or_path=Qwen/Qwen2.5-72B-Instruct"]):
+        assert key(*other) != base, other
+    assert key(tdir="/c/teachers/builtin-bbb") != base  # another built-in teacher model
+    corpus.write_bytes(b"y" * 11)
+    assert key() != base  # the corpus changed
