@@ -638,9 +638,15 @@ class BM25Index:
             raise ValueError("BM25Index.build: no texts; pass at least one document")
         ids = _check_ids(ids, len(docs), "BM25Index.build")
         tokens = bm25s.tokenize(docs, stopwords=cls.STOPWORDS, show_progress=False)
+        empty = sum(1 for t in tokens.ids if not t)
+        if empty == len(docs):  # bm25s itself fails here with "max() arg is an empty sequence"
+            raise ValueError(
+                f"BM25Index.build: none of the {len(docs)} documents has a word to index (all empty or "
+                f"stopwords, e.g. {docs[0]!r}); if these are the teacher's skill annotations, the teacher "
+                "wrote no usable skills: check <annotated>/unparsed.parquet and the teacher model, or index "
+                "another text (retrieval.text=instruction)")
         model = bm25s.BM25(k1=k1, b=b, method=method)
         model.index(tokens, show_progress=False)
-        empty = sum(1 for t in tokens.ids if not t)
         if empty:
             log.info("BM25Index: %d of %d documents have no indexable terms; they are never retrieved",
                      empty, len(docs))

@@ -238,6 +238,13 @@ def test_bm25_empty_and_unknown_queries_get_empty_rows():
         bm.search("clock", 3)
 
 
+def test_bm25_over_documents_without_a_word_names_the_problem():
+    # e.g. a teacher that annotated every corpus row with stopwords or nothing
+    with pytest.raises(ValueError, match="none of the 3 documents has a word to index.*teacher"):
+        BM25Index.build([["the"], "", ["of a"]], ["a", "b", "c"])
+    assert len(BM25Index.build([["the"], "counting objects"], ["a", "b"])) == 2  # one is enough
+
+
 def test_bm25_save_load_round_trip(tmp_path):
     bm = BM25Index.build(DOCS, [f"d{i}" for i in range(len(DOCS))], metadata={"text": "skills"})
     qs = ["counting cubes in a grid", "clock", "nothing here"]
