@@ -30,7 +30,7 @@ _NAME = re.compile(rf"^{re.escape(PREFIX)}[a-z0-9-]+?-p(\d+)-[A-Za-z0-9_]+$")
 
 
 def make_scratch(kind: str, root: str | Path | None = None) -> Path:
-    """A fresh directory ``mmtune-<kind>-p<pid>-XXXX`` in ``root`` (default: the temp dir)."""
+    """A fresh directory ``mmtune-<kind>-p<pid>-<random>`` in ``root`` (default: the temp dir)."""
     return Path(tempfile.mkdtemp(prefix=f"{PREFIX}{kind}-p{os.getpid()}-", dir=root))
 
 
