@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,8 @@ from mmtune.config import RunConfig
 from mmtune.data.schema import split_response
 
 log = logging.getLogger(__name__)
+
+PROGRESS_EVERY_S = 2.0  # at most one progress line per this many seconds (and one at the end)
 
 DIAGNOSIS_SCHEMA = pa.schema([
     pa.field("id", pa.string(), nullable=False),
@@ -115,8 +118,19 @@ def analyse_all(teacher: Any, items: Sequence[dict[str, Any]], *, locate: str = 
     its items are recorded as skipped with the error.
     """
     chunks = [list(items[i:i + chunk]) for i in range(0, len(items), chunk)]
-    done = [0]
     t0 = time.time()
+    done, last = [0], [t0]
+    lock = threading.Lock()
+
+    def report(n: int) -> None:
+        # One line at a time (chunks finish on several threads) and at most one per
+        # PROGRESS_EVERY_S: 500 wrong items are 32 chunks, and a line per chunk buried the log.
+        with lock:
+            done[0] += n
+            now = time.time()
+            if done[0] == len(items) or now - last[0] >= PROGRESS_EVERY_S:
+                last[0] = now
+                progress(f"[diagnose] analysed {done[0]}/{len(items)} wrong items ({now - t0:.1f}s)")
 
     def run(ci: int) -> list[dict[str, Any]]:
         part = chunks[ci]
@@ -136,8 +150,7 @@ def analyse_all(teacher: Any, items: Sequence[dict[str, Any]], *, locate: str = 
                     delay *= 2
         else:
             res = _skipped(part, f"teacher call failed after {retries + 1} attempts: {err[:500]}")
-        done[0] += len(part)
-        progress(f"[diagnose] analysed {done[0]}/{len(items)} wrong items ({time.time() - t0:.1f}s)")
+        report(len(part))
         return res
 
     if concurrency > 1:

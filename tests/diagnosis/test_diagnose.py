@@ -124,3 +124,24 @@ eval: {{batch_size: 8, num_actors: 1}}
     assert json.loads(printed[printed.rindex("\n{") + 1:])["wrong"] == 5
     rows = read_diagnosis(tmp_path / "d" / "diagnosis.parquet")
     assert len(rows) == 5 and {r["task"] for r in rows} == {"colour", "mc"}
+
+
+def test_progress_lines_are_whole_and_throttled(setup, monkeypatch):
+    """Chunks finish on several threads: each progress line is whole, counts only grow, the
+    last says all are done, and a fast run does not print a line per chunk."""
+    import importlib
+    import re
+
+    dmod = importlib.import_module("mmtune.diagnosis.diagnose")  # the package re-exports a function of that name
+
+    *_, teacher = setup
+    items = [{"id": f"i{k}", "question": "q?", "steps": ["s."], "prediction": "a", "gold": "b", "options": None}
+             for k in range(9)]
+    for every, most in ((3600.0, 1), (0.0, 9)):  # throttled: only the final line; unthrottled: one per chunk
+        monkeypatch.setattr(dmod, "PROGRESS_EVERY_S", every)
+        msgs = []
+        got = analyse_all(teacher, items, chunk=1, concurrency=4, progress=msgs.append)
+        assert len(got) == 9
+        counts = [int(re.fullmatch(r"\[diagnose\] analysed (\d+)/9 wrong items \(\d+\.\ds\)", m).group(1))
+                  for m in msgs]
+        assert counts == sorted(counts) and counts[-1] == 9 and len(msgs) <= most
