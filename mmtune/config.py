@@ -170,6 +170,19 @@ class PretrainConfig(_Section):
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     log_every: int = Field(100, ge=1)
     threads: int | None = Field(None, ge=1, description="torch threads; null = torch's default")
+    # The tiny-llava tower's stand-in for CLIP pre-training (mmtune/training/vision_pretrain.py):
+    # supervised steps on what each region of the generic mix's training pictures holds, after
+    # which the tower stays frozen, as LLaVA-1.5 keeps CLIP frozen. 0 = train the whole model
+    # from scratch on the language loss (the tower then never learns shape; docs/benchmarks.md).
+    vision_steps: int = Field(1500, ge=0, description="supervised vision-tower steps before the language "
+                              "pre-training (tiny-llava only); 0 = none, the tower trains with the rest")
+    vision_batch_size: int = Field(64, ge=1)
+    vision_lr: float = Field(3e-4, gt=0)
+
+
+# PretrainConfig fields that only the vision preset reads: the audio preset's cache key leaves them
+# out, so adding them did not invalidate a cached audio student.
+VISION_PRETRAIN_FIELDS = {"vision_steps", "vision_batch_size", "vision_lr"}
 
 
 class StudentConfig(_Section):

@@ -2,14 +2,20 @@
 
 This builds the stand-in for "LLaVA-1.5 before adaptation" (or "Qwen2-Audio before
 adaptation"): the ``tiny-llava`` preset on the vision SkillWorld, or the ``tiny-qwen2-audio``
-preset on the audio SkillWorld, trained from random initialisation (all parameters) on the
-long-tail generic mix. It is not the coordinated tuning of later rounds (that is Ray Train +
+preset on the audio SkillWorld, trained from random initialisation on the long-tail generic
+mix. The vision preset goes in LLaVA's order: its tower is first pre-trained on labelled
+pictures (``student.pretrain.vision_steps``, :mod:`mmtune.training.vision_pretrain`, the
+stand-in for CLIP) and then frozen while the projector and the LLM learn; with
+``vision_steps=0``, and for the audio preset, all parameters train together.
+
+It is not the coordinated tuning of later rounds (that is Ray Train +
 CoMMIT); it only has to produce a reasonable generic model once, so a second ``make demo``
 reuses it.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
@@ -20,9 +26,9 @@ import pyarrow.parquet as pq
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
-from mmtune.config import RunConfig, config_hash
+from mmtune.config import VISION_PRETRAIN_FIELDS, RunConfig, config_hash
 from mmtune.data.catalog import DataPaths, data_paths, skillworld_key
-from mmtune.models.inputs import encode_for_training
+from mmtune.models.inputs import decode_image, encode_for_training
 from mmtune.models.presets import PRESETS, build_preset
 from mmtune.models.student import save_student
 
@@ -48,7 +54,8 @@ def student_key(cfg: RunConfig) -> str:
             "student": AUDIO_PRESET,
             "data": skillworld_key(cfg),
             "preset": cfg.student.audio_preset.model_dump(mode="json"),
-            "pretrain": cfg.student.pretrain.model_dump(mode="json", exclude={"log_every", "threads"}),
+            "pretrain": cfg.student.pretrain.model_dump(
+                mode="json", exclude={"log_every", "threads", *VISION_PRETRAIN_FIELDS}),
             "seed": cfg.run.shared_seed,
         })
     return config_hash({
@@ -174,6 +181,9 @@ def _pretrain(cfg: RunConfig, paths: DataPaths, out_dir: Path, progress, train: 
     preset = cfg.student.audio_preset if audio else cfg.student.preset
     model, processor = build_preset(name, preset, texts, image_size=cfg.data.skillworld.image_size,
                                     clip_seconds=cfg.data.skillworld.clip_seconds)
+    vision_stats = None
+    if not audio and pc.vision_steps:
+        vision_stats = _pretrain_tower(cfg, paths, model, processor, progress)
     model.train()
     n = len(train["instruction"])
     n_params = sum(p.numel() for p in model.parameters())
@@ -181,8 +191,9 @@ def _pretrain(cfg: RunConfig, paths: DataPaths, out_dir: Path, progress, train: 
              f"samples for {pc.steps} steps × batch {pc.batch_size} "
              f"(~{pc.steps * pc.batch_size / n:.1f} epochs)")
 
-    decay = [p for nme, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for nme, p in model.named_parameters() if p.ndim < 2]
+    trainable = [p for p in model.parameters() if p.requires_grad]  # a pre-trained tower stays frozen
+    decay = [p for p in trainable if p.ndim >= 2]
+    no_decay = [p for p in trainable if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": pc.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=pc.lr)
     sched = get_cosine_schedule_with_warmup(opt, math.ceil(pc.warmup_ratio * pc.steps), pc.steps)
@@ -207,7 +218,7 @@ def _pretrain(cfg: RunConfig, paths: DataPaths, out_dir: Path, progress, train: 
                                         [train["image"][i] for i in idx])
         loss = model(**batch).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
@@ -232,11 +243,50 @@ def _pretrain(cfg: RunConfig, paths: DataPaths, out_dir: Path, progress, train: 
         "samples_per_s": round(pc.steps * pc.batch_size / elapsed, 1),
         "loss_curve": losses,
         "torch_threads": torch.get_num_threads(),
+        "vision_tower": vision_stats,
         "student": name,
         "config": {"preset": preset.model_dump(mode="json"),
                    "pretrain": pc.model_dump(mode="json"),
                    "skillworld": cfg.data.skillworld.model_dump(mode="json")},
     }
     model.eval()
+    model.requires_grad_(True)  # frozen only for this loop; a loaded student is whole either way
     save_student(model, processor, out_dir, meta=stats)
     return stats
+
+
+def _pretrain_tower(cfg: RunConfig, paths: DataPaths, model: Any, processor: Any, progress) -> dict[str, Any]:
+    """Stage 1 of the vision preset: the tower learns what is where, then is frozen."""
+    from mmtune.training.vision_pretrain import pretrain_vision_tower
+
+    pc = cfg.student.pretrain
+    rows = _read_texts(paths.generic_train, ["id", "image"])
+    scenes = _scenes(paths)
+    missing = [i for i in rows["id"] if i not in scenes]
+    if missing:
+        raise ValueError(f"{len(missing)} generic training pictures have no scene under {paths.root / 'meta'} "
+                         f"(first: {missing[0]!r}); regenerate SkillWorld, or set student.pretrain.vision_steps=0")
+    # The pictures are tiny (32 px by default): 12,000 of them are ~150 MB as float pixels, so they
+    # are processed once rather than decoded again for every batch.
+    images = [decode_image(b) for b in rows["image"]]
+    pixel_values = torch.cat([processor.image_processor(images[i:i + 512], return_tensors="pt")["pixel_values"]
+                              for i in range(0, len(images), 512)])
+    tower = model.model.vision_tower
+    stats = pretrain_vision_tower(tower, pixel_values, [scenes[i] for i in rows["id"]], steps=pc.vision_steps,
+                                  batch_size=pc.vision_batch_size, lr=pc.vision_lr, seed=cfg.run.shared_seed,
+                                  log_every=max(1, pc.vision_steps // 10), progress=progress)
+    tower.requires_grad_(False)
+    return stats
+
+
+def _scenes(paths: DataPaths) -> dict[str, dict]:
+    """SkillWorld's scene of every generic training picture, by sample id (from ``meta/``)."""
+    out: dict[str, dict] = {}
+    for shard in paths.generic_train:
+        meta = paths.root / "meta" / shard.relative_to(paths.root)
+        if not meta.is_file():
+            raise ValueError(f"no scene metadata {meta} for {shard}; student.pretrain.vision_steps needs "
+                             "SkillWorld's scenes: regenerate SkillWorld, or set student.pretrain.vision_steps=0")
+        t = pq.read_table(meta, columns=["id", "scene"])
+        out.update(zip(t.column("id").to_pylist(), map(json.loads, t.column("scene").to_pylist())))
+    return out
