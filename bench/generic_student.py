@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- command: `{cmd.strip()}`",
         f"- student: tiny-llava, {meta['params'] / 1e6:.2f}M parameters, {meta['steps']} steps × batch "
         f"{meta['batch_size']} on {meta['train_samples']} generic samples",
-        f"- pre-training: **{meta['seconds']:.0f} s, {meta['samples_per_s']:.0f} samples/s** "
+        *_tower_line(meta.get("vision_tower")),
+        f"- language pre-training: **{meta['seconds']:.0f} s, {meta['samples_per_s']:.0f} samples/s** "
         f"(final loss {meta['loss_curve'][-1][1]:.3f})",
         f"- evaluation (Ray Data, greedy, max {cfg.student.max_new_tokens} new tokens): "
         f"{sum(s.n for s in scores)} items in {eval_s:.0f} s",
@@ -92,6 +93,14 @@ def main(argv: list[str] | None = None) -> int:
         if not write_section(MARK, section):
             return 1
     return 0
+
+
+def _tower_line(tower: dict | None) -> list[str]:
+    if not tower:
+        return ["- vision tower: trained with the rest (student.pretrain.vision_steps=0)"]
+    acc = ", ".join(f"{k} {v:.3f}" for k, v in tower["held_out_accuracy"].items())
+    return [f"- vision tower (stage 1): {tower['steps']} supervised steps × batch {tower['batch_size']} in "
+            f"{tower['seconds']:.0f} s; held-out region accuracy {acc}; then frozen"]
 
 
 if __name__ == "__main__":
