@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 STAMP      := $(VENV)/.mmtune-installed
 
-.PHONY: demo test test-cluster lint install clean-cache
+.PHONY: demo test test-cluster test-bench lint install clean-cache
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -33,6 +33,12 @@ lint: $(STAMP)
 # submit): ~7 minutes on 2 cores, so not part of `make test` (CI's budget).
 test-cluster: $(STAMP)
 	$(PY) -m pytest -m cluster $(PYTEST_ARGS)
+
+# The bench/ scripts' whole measurements at a tiny size (Serve batched vs unbatched, plain loop
+# vs a Ray Train worker, plain loop vs a Ray Data actor): ~2 minutes on 2 cores. The Ray paths
+# they time are tested in `make test` by their own modules; run this before a benchmark run.
+test-bench: $(STAMP)
+	$(PY) -m pytest -m bench_run $(PYTEST_ARGS)
 
 clean-cache:
 	rm -rf runs/_cache

@@ -174,7 +174,7 @@ def _pretrain(cfg: RunConfig, paths: DataPaths, out_dir: Path, progress, train: 
     if not paths.generic_train:
         raise ValueError(f"no generic training shards under {paths.root}; regenerate SkillWorld")
     if train is None:
-        train = _read_texts(paths.generic_train, ["instruction", "response", "image"])
+        train = _read_texts(paths.generic_train, ["id", "instruction", "response", "image"])
     corpus_text = _read_texts(paths.corpus, ["instruction", "response"])
     texts = (train["instruction"] + train["response"] + corpus_text["instruction"]
              + corpus_text["response"])
@@ -183,7 +183,7 @@ def _pretrain(cfg: RunConfig, paths: DataPaths, out_dir: Path, progress, train: 
                                     clip_seconds=cfg.data.skillworld.clip_seconds)
     vision_stats = None
     if not audio and pc.vision_steps:
-        vision_stats = _pretrain_tower(cfg, paths, model, processor, progress)
+        vision_stats = _pretrain_tower(cfg, paths, model, processor, train, progress)
     model.train()
     n = len(train["instruction"])
     n_params = sum(p.numel() for p in model.parameters())
@@ -255,12 +255,15 @@ def _pretrain(cfg: RunConfig, paths: DataPaths, out_dir: Path, progress, train: 
     return stats
 
 
-def _pretrain_tower(cfg: RunConfig, paths: DataPaths, model: Any, processor: Any, progress) -> dict[str, Any]:
-    """Stage 1 of the vision preset: the tower learns what is where, then is frozen."""
+def _pretrain_tower(cfg: RunConfig, paths: DataPaths, model: Any, processor: Any, rows: dict[str, list[Any]],
+                    progress) -> dict[str, Any]:
+    """Stage 1 of the vision preset: the tower learns what is where, then is frozen.
+
+    ``rows`` is the generic mix already read for stage 2 (``id`` and ``image`` columns).
+    """
     from mmtune.training.vision_pretrain import pretrain_vision_tower
 
     pc = cfg.student.pretrain
-    rows = _read_texts(paths.generic_train, ["id", "image"])
     scenes = _scenes(paths)
     missing = [i for i in rows["id"] if i not in scenes]
     if missing:

@@ -102,6 +102,9 @@ def pretrain_vision_tower(tower: torch.nn.Module, pixel_values: torch.Tensor, sc
     """
     if len(scenes) != len(pixel_values):
         raise ValueError(f"{len(scenes)} scenes for {len(pixel_values)} pictures")
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"vision tower pre-training needs steps >= 1 and batch_size >= 1, got steps={steps}, "
+                         f"batch_size={batch_size}; to skip the stage, set student.pretrain.vision_steps=0")
     regions = [region_labels(s) for s in scenes]
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(scenes), generator=gen)

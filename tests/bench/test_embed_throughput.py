@@ -46,6 +46,7 @@ def test_plain_loop_measurement(plain):
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.bench_run
 def test_one_actor_pipeline_matches_the_plain_loop(ray_local, texts, plain):
     r = et.measure_ray(texts, batch_size=BATCH, actors=1, keep_vectors=True)
     assert r.run == "ray-1" and r.rows == N and r.input_blocks == N // BATCH

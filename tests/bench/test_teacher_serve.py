@@ -38,6 +38,7 @@ def test_ratios_and_table_from_cells():
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.bench_run
 def test_tiny_run_measures_both_modes(ray_local, tmp_path):
     from ray import serve
 

@@ -71,6 +71,7 @@ def test_gpu_section_code_path_on_cpu(cfg, setup):
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.bench_run
 def test_plain_and_one_ray_worker(ray_local, cfg, setup):
     rows = tp.measure_all(cfg, setup, modes=["constant"], steps=STEPS, batch=BATCH, warmup=WARMUP, threads=1,
                           workers=(1,), poll_s=tp.RAY_DEFAULT_POLL_S, progress=lambda s: None)

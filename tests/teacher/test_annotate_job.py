@@ -1,6 +1,7 @@
 """Corpus annotation with Ray Data teacher actors: order, schema, nothing lost, caching."""
 
 import json
+import shutil
 
 import pyarrow.parquet as pq
 import pytest
@@ -29,9 +30,17 @@ def corpus(tmp_path_factory):
     return cfg, files
 
 
-def test_annotation_keeps_every_row_in_order(ray_local, corpus, tmp_path):
+@pytest.fixture(scope="module")
+def annotated(ray_local, corpus, tmp_path_factory):
+    """One annotation run for the module (each costs a Ray Data actor pool start)."""
     cfg, files = corpus
-    man = annotate_corpus(cfg, files, tmp_path, progress=lambda m: None)
+    out = tmp_path_factory.mktemp("annotated")
+    return out, annotate_corpus(cfg, files, out, progress=lambda m: None)
+
+
+def test_annotation_keeps_every_row_in_order(corpus, annotated):
+    cfg, files = corpus
+    tmp_path, man = annotated
     shards = annotated_files(tmp_path)
     assert len(shards) == 3  # 24 rows in shards of 10
     rows = [r for f in shards for r in pq.read_table(f).to_pylist()]
@@ -44,9 +53,10 @@ def test_annotation_keeps_every_row_in_order(ray_local, corpus, tmp_path):
     assert {u["id"] for u in unparsed} == {r["id"] for r in rows if not r["skills"]}  # none lost silently
 
 
-def test_annotation_is_cached_and_guards_its_inputs(ray_local, corpus, tmp_path):
+def test_annotation_is_cached_and_guards_its_inputs(corpus, annotated, tmp_path):
     cfg, files = corpus
-    annotate_corpus(cfg, files, tmp_path, progress=lambda m: None)
+    tmp_path = tmp_path / "copy"
+    shutil.copytree(annotated[0], tmp_path)  # the cache is the directory: a copy is found as annotated
     msgs = []
     annotate_corpus(cfg, files, tmp_path, progress=msgs.append)
     assert any("already annotated" in m for m in msgs)

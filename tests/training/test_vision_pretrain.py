@@ -63,3 +63,5 @@ def test_the_tower_learns_what_is_in_each_cell():
     assert sum("vision tower step" in m for m in logs) == 3 and not tower.training
     with pytest.raises(ValueError, match="3 scenes for 320 pictures"):
         pretrain_vision_tower(tower, pixels, scenes[:3], steps=1, batch_size=2, lr=1e-3, seed=0)
+    with pytest.raises(ValueError, match="steps >= 1.*vision_steps=0"):
+        pretrain_vision_tower(tower, pixels, scenes, steps=0, batch_size=2, lr=1e-3, seed=0)
