@@ -14,7 +14,7 @@ from PIL import Image
 
 from mmtune.config import SkillWorldConfig
 from mmtune.data.schema import SAMPLE_SCHEMA
-from mmtune.data.skillworld import (CORPUS_TASKS, DEFAULT_TARGETS, GENERIC_WEIGHTS, RARE_SKILLS, SKILLS, STEPS,
+from mmtune.data.skillworld import (CORPUS_TASKS, DEFAULT_TARGETS, FORMAT_SKILLS, GENERIC_WEIGHTS, RARE_SKILLS, SKILLS, STEPS,
                                     TARGET_TASKS, TASKS, digit_pools, first_wrong_step, generate_skillworld,
                                     generate_task, majority_baseline, parse_step)
 
@@ -96,16 +96,21 @@ def test_registry_coverage():
     assert len(CORPUS_TASKS) >= 16 and len(SKILLS) >= 8
     per_skill = Counter(s for t in CORPUS_TASKS for s in TASKS[t].skills)
     assert set(per_skill) == set(SKILLS) and min(per_skill.values()) >= 2, per_skill
-    for skill in SKILLS:  # >= 2 phrasings and, across them, >= 2 answer formats
+    for skill in SKILLS:  # >= 2 phrasings and, across them, >= 2 answer formats (a format's own skill: 1)
         tasks = [TASKS[t] for t in CORPUS_TASKS if skill in TASKS[t].skills]
-        assert len({t.question for t in tasks}) >= 2 and len({t.fmt for t in tasks}) >= 2, skill
+        assert len({t.question for t in tasks}) >= 2, skill
+        assert len({t.fmt for t in tasks}) >= (1 if skill in FORMAT_SKILLS else 2), skill
+    assert FORMAT_SKILLS < set(SKILLS) and not FORMAT_SKILLS & RARE_SKILLS
     corpus_questions = {TASKS[t].question for t in CORPUS_TASKS}
-    corpus_chains = {TASKS[t].chain for t in CORPUS_TASKS}
+    # a chain less its answer-format step (option/check), which every format's tasks share
+    reasoning = lambda task: tuple(k for k in task.chain if STEPS[k].skill not in FORMAT_SKILLS)  # noqa: E731
+    corpus_chains = {reasoning(TASKS[t]) for t in CORPUS_TASKS}
+    corpus_steps = {k for t in CORPUS_TASKS for k in TASKS[t].chain}
     assert set(DEFAULT_TARGETS) <= set(TARGET_TASKS) and len(TARGET_TASKS) > len(DEFAULT_TARGETS)
     for t in TARGET_TASKS:
         task = TASKS[t]
         assert task.question not in corpus_questions
-        assert task.chain in corpus_chains  # a known chain, new phrasing/format
+        assert reasoning(task) in corpus_chains and set(task.chain) <= corpus_steps  # known steps, new phrasing/format
         assert set(task.skills) <= set(per_skill)
     rare = [t for t in DEFAULT_TARGETS if TASKS[t].rare]
     assert len(rare) == 2 and len(DEFAULT_TARGETS) - len(rare) == 2
@@ -240,6 +245,33 @@ def _corrupt(step: str) -> str:
             if word in step:
                 return step.replace(word, b if word == a else b.capitalize(), 1)
     raise AssertionError(step)
+
+
+@pytest.mark.parametrize("name", [t for t in TASKS if TASKS[t].fmt in ("mc", "yesno")])
+def test_answer_format_steps(name):
+    """Multiple-choice chains end with the option step, yes/no chains (but two) with the check
+    step; the verifier judges the mapping itself, not the words."""
+    task = TASKS[name]
+    for seed in range(4):
+        sample, key = _one(name, seed)
+        scene, steps, answer = json.loads(key["scene"]), list(sample["steps"]), sample["answer"]
+        last = steps[-1]
+        if task.fmt == "mc":
+            letter = answer
+            value = scene["query"]["options"]["ABCDEFGH".index(letter)]
+            assert task.chain[-1] == "option" and last == f"{value} is option {letter}."
+            wrong = next(x for x in "ABCDEFGH"[:len(scene["query"]["options"])] if x != letter)
+            steps[-1] = f"{value} is option {wrong}."
+            assert first_wrong_step(key, steps, answer) == len(steps) - 1
+            steps[-1] = f"{value.upper()} is option {letter.lower()}"  # case and the period do not matter
+            assert first_wrong_step(key, steps, answer) is None
+        elif task.chain[-1] == "check":
+            found, rel, asked = parse_step("check", last).values()
+            assert (rel == "is") == (answer == "yes") and (found == asked) == (answer == "yes")
+            steps[-1] = f"{found} {'is not' if rel == 'is' else 'is'} {asked}."  # the wrong relation
+            assert first_wrong_step(key, steps, answer) == len(steps) - 1
+        else:
+            assert name in ("compare_yesno", "size_check"), "a yes/no chain without the check step"
 
 
 def test_verifier_judges_facts_not_strings():

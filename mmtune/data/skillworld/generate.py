@@ -34,7 +34,7 @@ from .tasks import ALL_STEPS, CORPUS_TASKS, Task, family, format_instruction, go
 from .tasks_audio import AUDIO_CORPUS_TASKS
 from .verifier import majority_baseline
 
-GENERATOR_VERSION = "3"  # the vision family's; bump when its output changes
+GENERATOR_VERSION = "4"  # the vision family's; bump when its output changes (4: option/check steps)
 AUDIO_GENERATOR_VERSION = "1"  # the audio family's
 SOURCE = "skillworld"
 SHARD_ROWS = 4096  # rows per corpus/generic shard [module constant: no config field yet]

@@ -37,7 +37,12 @@ SKILLS: dict[str, str] = {
     "parity": "telling whether a number is odd or even",
     "compare": "comparing two numbers",
     "add": "adding two numbers",
+    "choose": "matching an answer to its option letter",
+    "verify": "checking a finding against the question",
 }
+# Skills of answering in a format (the steps that end multiple-choice and yes/no chains): each
+# belongs to one answer format by definition, where every other skill appears under several.
+FORMAT_SKILLS = frozenset({"choose", "verify"})
 # Skills the generic student sees rarely (see GENERIC_WEIGHTS in generate.py).
 RARE_SKILLS = frozenset({"size", "digit", "parity", "compare", "add"})
 
@@ -69,6 +74,9 @@ STEPS: dict[str, StepKind] = {
     "parity": StepKind("{d} is {parity}.", "parity"),
     "compare": StepKind("{x} is larger than {y}.", "compare"),
     "add": StepKind("{a} plus {b} is {s}.", "add"),
+    # The answer-format steps that end a multiple-choice or yes/no chain (see _t).
+    "option": StepKind("{value} is option {letter}.", "choose"),
+    "check": StepKind("{found} {rel} {asked}.", "verify"),
 }
 
 # build(rng, value, ctx): ctx is the family's context: vision's digit picker
@@ -446,8 +454,43 @@ _CTR = ("list_objects", "count")
 _PAIR = ("left_digit", "right_digit")
 
 
-def _t(name, kind, fmt, chain, question, values, build, solve, n_options=0, distract=None) -> Task:
+def _t(name, kind, fmt, chain, question, values, build, solve, n_options=0, distract=None, check=None) -> Task:
+    """A vision task. Its chain ends with the step that maps the finding to the answer format:
+    every multiple-choice chain with ``option`` ("red is option B."), and a yes/no chain that
+    names ``check=(slot of the last step, slot of the question)`` with ``check`` ("2 is not 3.").
+
+    Why (SkillWorld 4): without these steps the answer token itself had to compare the finding
+    with the question or find its letter among the options. The tiny student then read and
+    wrote what it saw but answered yes/no and option letters at chance in two builds of three
+    (docs/benchmarks.md, "Two builds of one key"); with the step written out it learns both.
+    ``compare_yesno`` and ``size_check`` keep their chains: their last step already states the
+    relation the question asks about.
+    """
+    chain = list(chain)
+    if fmt == "mc":
+        chain.append("option")
+        solve = _with_option(solve)
+    if check is not None:
+        assert fmt == "yesno", name
+        chain.append("check")
+        solve = _with_check(solve, *check)
     return Task(name, kind, fmt, tuple(chain), question, tuple(values), build, solve, n_options, distract)
+
+
+def _with_option(solve: Solve) -> Solve:
+    def solve_mc(sc):
+        values, ans = solve(sc)
+        return [*values, {"value": ans, "letter": LETTERS[sc["query"]["options"].index(ans)]}], ans
+    return solve_mc
+
+
+def _with_check(solve: Solve, found_slot: str, asked_slot: str) -> Solve:
+    def solve_yn(sc):
+        values, ans = solve(sc)
+        found, asked = str(values[-1][found_slot]), str(sc["query"][asked_slot])
+        assert (found == asked) == (ans == "yes"), (found, asked, ans)
+        return [*values, {"found": found, "rel": "is" if found == asked else "is not", "asked": asked}], ans
+    return solve_yn
 
 
 _TASK_LIST = [
@@ -463,17 +506,17 @@ _TASK_LIST = [
     _t("shape_at_pos_mc", "corpus", "mc", ["shape_at"], "Which shape is in the {pos} cell?",
        SHAPES, _b_shape_at_pos, _s_shape_at_pos, 3, _d_pool(SHAPES)),
     _t("shape_at_pos_yesno", "corpus", "yesno", ["shape_at"], "Is the object in the {pos} cell a {shape}?",
-       YESNO, _b_shape_at_pos_yn, _s_shape_at_pos_yn),
+       YESNO, _b_shape_at_pos_yn, _s_shape_at_pos_yn, check=("shape", "shape")),
     _t("where_is", "corpus", "open", ["find_object"], "Where is the {color} {shape}?",
        POSITIONS, _b_where_is, _s_where_is),
     _t("object_at_pos_yesno", "corpus", "yesno", ["find_object"], "Is the {color} {shape} in the {pos} cell?",
-       YESNO, _b_object_at_pos_yn, _s_object_at_pos_yn),
+       YESNO, _b_object_at_pos_yn, _s_object_at_pos_yn, check=("pos", "pos")),
     _t("count_objects", "corpus", "open", _CTR, "How many objects are in the picture?",
        ("1", "2", "3", "4"), _b_count, _s_count),
     _t("count_mc", "corpus", "mc", _CTR, "How many shapes can you see?",
        ("1", "2", "3", "4"), _b_count, _s_count, 4, _d_pool(("1", "2", "3", "4"))),
     _t("count_yesno", "corpus", "yesno", _CTR, "Is the number of objects in the picture {n}?",
-       YESNO, _b_count_yn, _s_count_yn),
+       YESNO, _b_count_yn, _s_count_yn, check=("n", "n")),
     _t("digit_read", "corpus", "open", ["digit"], "Which digit is written in the picture?",
        _DIGITS, _b_digit, _s_digit),
     _t("digit_mc", "corpus", "mc", ["digit"], "What number is shown?",
@@ -486,7 +529,7 @@ _TASK_LIST = [
     _t("parity_open", "corpus", "open", ["digit", "parity"], "Is the digit odd or even?",
        ("odd", "even"), _b_parity, _s_parity),
     _t("parity_yesno", "corpus", "yesno", ["digit", "parity"], "Is the number in the picture {parity}?",
-       YESNO, _b_parity_yn, _s_parity_yn),
+       YESNO, _b_parity_yn, _s_parity_yn, check=("parity", "parity")),
     _t("compare_larger", "corpus", "open", [*_PAIR, "compare"],
        "Which digit is larger, the left or the right one?", ("left", "right"), _b_compare, _s_compare),
     _t("compare_yesno", "corpus", "yesno", [*_PAIR, "compare"],
@@ -503,14 +546,14 @@ _TASK_LIST = [
        lambda rng, side, pick: _b_compare(rng, "right" if side == "left" else "left", pick),
        lambda sc: _s_compare(sc, smaller=True)),
     _t("color_check", "target", "yesno", ["find_shape", "color_at"], "Is the {shape} {color}?",
-       YESNO, _b_color_check, _s_color_check),
+       YESNO, _b_color_check, _s_color_check, check=("color", "color")),
     _t("count_grid", "target", "open", _CTR, "Count the objects in the picture.",
        ("1", "2", "3", "4"), _b_count, _s_count),
     # non-default targets
     _t("size_check", "target", "yesno", ["size_of", "size_of", "larger"],
        "Is the {shape1} smaller than the {shape2}?", YESNO, _b_size_check, _s_size_check),
     _t("add_check", "target", "yesno", [*_PAIR, "add"], "Do the two digits add up to {s}?",
-       YESNO, _b_add_yn, _s_add_yn),
+       YESNO, _b_add_yn, _s_add_yn, check=("s", "s")),
     _t("shape_of_color_mc", "target", "mc", ["find_color", "shape_at"], "Which shape is {color}?",
        SHAPES, _b_shape_of_color, _s_shape_of_color, 3, _d_pool(SHAPES)),
 ]

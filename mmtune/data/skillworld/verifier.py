@@ -31,6 +31,8 @@ _ALT = lambda words: "(" + "|".join(re.escape(w) for w in words) + ")"  # noqa: 
 _SLOT_RE = {
     "shape": _ALT(SHAPES), "color": _ALT(COLORS), "pos": _ALT(POSITIONS), "size": _ALT(SIZES),
     "parity": _ALT(("odd", "even")), "positions": "(.+?)",
+    # the answer-format steps: an option's text or a finding can be any slot's value
+    "value": "(.+?)", "letter": "([a-h])", "found": "(.+?)", "rel": "(is not|is)", "asked": "(.+?)",
 }
 _NUMBER_RE = r"(-?\d+)"  # every other slot (d, n, x, y, a, b, s) is an integer
 assert not set(_SLOT_RE) & set(AUDIO_SLOT_RE), "audio slot names must differ from vision's"
@@ -89,6 +91,13 @@ def _digits(scene: dict) -> list[int]:
     return [d["value"] for d in scene["digits"]]
 
 
+def _is_option(scene: dict, letter: str, value: str) -> bool:
+    """``letter`` (a-h, as parsed) labels the option ``value`` in the question."""
+    options = [str(o).lower() for o in scene["query"].get("options") or []]
+    k = "abcdefgh".index(letter)
+    return k < len(options) and options[k] == value
+
+
 # kind -> (subject slots that must equal gold, fact predicate over (values, scene))
 _CHECKS: dict[str, tuple[tuple[str, ...], Callable[[dict, dict], bool]]] = {
     "find_shape": (("shape",), lambda v, sc: _has(sc, v["pos"], shape=v["shape"])),
@@ -107,6 +116,9 @@ _CHECKS: dict[str, tuple[tuple[str, ...], Callable[[dict, dict], bool]]] = {
     "parity": (("d",), lambda v, sc: v["parity"] == ("even" if v["d"] % 2 == 0 else "odd")),
     "compare": ((), lambda v, sc: sorted((v["x"], v["y"])) == sorted(_digits(sc)) and v["x"] > v["y"]),
     "add": ((), lambda v, sc: sorted((v["a"], v["b"])) == sorted(_digits(sc)) and v["s"] == v["a"] + v["b"]),
+    # the finding is checked by the earlier steps; these check the mapping to the answer format
+    "option": (("value",), lambda v, sc: _is_option(sc, v["letter"], v["value"])),
+    "check": (("found", "asked"), lambda v, sc: (v["rel"] == "is") == (v["found"] == v["asked"])),
 }
 assert set(_CHECKS) == set(STEPS), "every step kind needs a check"
 _CHECKS.update(AUDIO_CHECKS)
@@ -119,7 +131,12 @@ def step_ok(kind: str, text: str, gold_values: dict, scene: dict) -> bool:
     if vals is None:
         return False
     subject, fact = _CHECKS[kind]
-    return all(vals[s] == gold_values[s] for s in subject) and fact(vals, scene)
+    return all(_same(vals[s], gold_values[s]) for s in subject) and fact(vals, scene)
+
+
+def _same(parsed: Any, gold_value: Any) -> bool:
+    # parsed text is lower-cased (_norm); a free-text slot's gold value may not be
+    return parsed == gold_value or (isinstance(parsed, str) and parsed == str(gold_value).lower())
 
 
 def answer_ok(answer: str, gold_answer: str, options: list[str] | None = None) -> bool:
