@@ -14,7 +14,7 @@ the targets' test items greedily. The (mode, seed) runs are Ray tasks of one CPU
 (``--cpus`` of them at a time, ``--threads`` torch threads each).
 
 **Training set** [ours]: for each target, the corpus samples of the corpus tasks whose
-step chain equals the target's (``mmtune.data.skillworld.ALL_TASKS[name].chain``), i.e.
+step chain equals the target's (``mmtune.data.skillworld.ALL_TASKS[name].reasoning_chain``), i.e.
 the samples a perfect skill retriever would return; this benchmark may use the generator's
 metadata, the pipeline may not. ``--train-size`` samples in all, split evenly over the
 targets, drawn with a fixed seed (``--data-seed``): every mode and seed sees the same set,
@@ -120,8 +120,9 @@ def select_training_rows(corpus: Sequence[str | Path], targets: Sequence[str], s
     chosen: list[dict[str, Any]] = []
     seen: set[str] = set()
     for k, t in enumerate(targets):
-        chain = TASKS[t].chain
-        tasks = sorted(n for n in by_task if n in TASKS and TASKS[n].kind == "corpus" and TASKS[n].chain == chain)
+        chain = TASKS[t].reasoning_chain  # whatever the answer format (its option/check step)
+        tasks = sorted(n for n in by_task
+                       if n in TASKS and TASKS[n].kind == "corpus" and TASKS[n].reasoning_chain == chain)
         if not tasks:
             raise ValueError(f"no corpus task shares target {t!r}'s step chain {chain}")
         pool = [r for n in tasks for r in by_task[n] if r["id"] not in seen]

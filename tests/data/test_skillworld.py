@@ -100,17 +100,17 @@ def test_registry_coverage():
         tasks = [TASKS[t] for t in CORPUS_TASKS if skill in TASKS[t].skills]
         assert len({t.question for t in tasks}) >= 2, skill
         assert len({t.fmt for t in tasks}) >= (1 if skill in FORMAT_SKILLS else 2), skill
+    assert TASKS["count_mc"].reasoning_chain == TASKS["count_yesno"].reasoning_chain == TASKS["count_objects"].chain
     assert FORMAT_SKILLS < set(SKILLS) and not FORMAT_SKILLS & RARE_SKILLS
     corpus_questions = {TASKS[t].question for t in CORPUS_TASKS}
     # a chain less its answer-format step (option/check), which every format's tasks share
-    reasoning = lambda task: tuple(k for k in task.chain if STEPS[k].skill not in FORMAT_SKILLS)  # noqa: E731
-    corpus_chains = {reasoning(TASKS[t]) for t in CORPUS_TASKS}
+    corpus_chains = {TASKS[t].reasoning_chain for t in CORPUS_TASKS}
     corpus_steps = {k for t in CORPUS_TASKS for k in TASKS[t].chain}
     assert set(DEFAULT_TARGETS) <= set(TARGET_TASKS) and len(TARGET_TASKS) > len(DEFAULT_TARGETS)
     for t in TARGET_TASKS:
         task = TASKS[t]
         assert task.question not in corpus_questions
-        assert reasoning(task) in corpus_chains and set(task.chain) <= corpus_steps  # known steps, new phrasing/format
+        assert task.reasoning_chain in corpus_chains and set(task.chain) <= corpus_steps  # known steps, new phrasing/format
         assert set(task.skills) <= set(per_skill)
     rare = [t for t in DEFAULT_TARGETS if TASKS[t].rare]
     assert len(rare) == 2 and len(DEFAULT_TARGETS) - len(rare) == 2

@@ -77,12 +77,13 @@ def test_vision_cache_keys_are_unchanged(path, overrides):
 
 def test_the_demo_caches_keep_their_names():
     """The demo's SkillWorld and built-in teacher directories as every cache made before the
-    audio family names them (docs/benchmarks.md cites skillworld/5294587c8dda). If a new
+    audio family names them (they last changed on purpose with SkillWorld generator version 4,
+    from skillworld/5294587c8dda and builtin-5fbd53ea907b). If a new
     SkillWorldConfig field changed them, leave it out of the vision key when it does not
     change vision data (catalog.AUDIO_ONLY_FIELDS), or every vision cache misses."""
     cfg = load_config("configs/demo.yaml", [])
-    assert skillworld_key(cfg) == "5294587c8dda"
-    assert teacher_key(cfg) == "5fbd53ea907b"
+    assert skillworld_key(cfg) == "0d7a76da4a99"
+    assert teacher_key(cfg) == "041a58d77b20"
 
 
 def test_audio_keys_carry_the_family_and_its_generator_version(monkeypatch):
@@ -98,14 +99,14 @@ def test_audio_keys_carry_the_family_and_its_generator_version(monkeypatch):
 
 
 def test_vision_training_data_is_unchanged():
-    """The vision teacher's items and examples, hashed at the commit before the audio family:
-    a fresh vision teacher trains on exactly what it did. (A deliberate change to the examples
+    """The vision teacher's items and examples, hashed before the audio family and again at
+    SkillWorld generator version 4: a fresh vision teacher trains on exactly what it did. (A deliberate change to the examples
     or a vision generator bump should update this hash.)"""
     cfg = load_config("configs/demo.yaml", ["teacher.builtin.samples_per_task=10"])
     items = _teacher_items(cfg)
     ex = build_examples(cfg, items, 300, seed=0)
     digest = hashlib.sha256(json.dumps([items, ex], sort_keys=True, default=str).encode()).hexdigest()[:16]
-    assert digest == "8d8edcbb3b8f5c49"
+    assert digest == "b2d3460fee608870"  # SkillWorld 4's answer-format steps (was 8d8edcbb3b8f5c49)
 
 
 def test_audio_items_are_text_only_audio_corpus_tasks(monkeypatch):

@@ -114,6 +114,12 @@ class Task:
         return tuple(dict.fromkeys(ALL_STEPS[k].skill for k in self.chain))
 
     @property
+    def reasoning_chain(self) -> tuple[str, ...]:
+        """The chain less its answer-format step (``option``/``check``): what a target shares
+        with the corpus tasks of its family whatever their answer formats."""
+        return tuple(k for k in self.chain if ALL_STEPS[k].skill not in FORMAT_SKILLS)
+
+    @property
     def rare(self) -> bool:
         return any(s in ALL_RARE_SKILLS for s in self.skills)
 
