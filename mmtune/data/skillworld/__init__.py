@@ -4,8 +4,8 @@ from .generate import (GENERATOR_VERSION, GENERIC_WEIGHTS, META_SCHEMA, allocate
                        generate_task)
 from .scenes import (COLORS, POSITIONS, SHAPES, SIZES, digit_pools, encode_png, render_digits, render_grid,
                      render_scene)
-from .tasks import (CORPUS_TASKS, DEFAULT_TARGETS, FORMAT_SKILLS, RARE_SKILLS, SKILLS, STEPS, TARGET_TASKS, TASKS, StepKind,
-                    Task, format_instruction, gold, resolve_targets)
+from .tasks import (CORPUS_TASKS, DEFAULT_TARGETS, FORMAT_SKILLS, RARE_SKILLS, SKILLS, STEPS, TARGET_TASKS, TASKS,
+                    StepKind, Task, format_instruction, gold, resolve_targets)
 from .verifier import answer_ok, first_wrong_step, majority_baseline, parse_step, step_ok
 
 # Families: the names above are the vision family's (they predate audio); family("audio")
@@ -19,8 +19,8 @@ from .tasks_audio import (AUDIO_CORPUS_TASKS, AUDIO_DEFAULT_TARGETS, AUDIO_RARE_
 __all__ = [
     "GENERATOR_VERSION", "GENERIC_WEIGHTS", "META_SCHEMA", "allocate", "generate_skillworld", "generate_task",
     "COLORS", "POSITIONS", "SHAPES", "SIZES", "digit_pools", "encode_png", "render_digits", "render_grid",
-    "render_scene", "CORPUS_TASKS", "DEFAULT_TARGETS", "FORMAT_SKILLS", "RARE_SKILLS", "SKILLS", "STEPS", "TARGET_TASKS",
-    "TASKS", "StepKind", "Task", "format_instruction", "gold", "resolve_targets", "answer_ok",
+    "render_scene", "CORPUS_TASKS", "DEFAULT_TARGETS", "FORMAT_SKILLS", "RARE_SKILLS", "SKILLS", "STEPS",
+    "TARGET_TASKS", "TASKS", "StepKind", "Task", "format_instruction", "gold", "resolve_targets", "answer_ok",
     "first_wrong_step", "majority_baseline", "parse_step", "step_ok",
     "SAMPLE_RATE", "render_clip", "AUDIO_GENERATOR_VERSION", "AUDIO_GENERIC_WEIGHTS", "generator_version",
     "generic_weights", "ALL_SKILLS", "ALL_STEPS", "ALL_TASKS", "FAMILIES", "Family", "family", "AUDIO_CORPUS_TASKS",
