@@ -89,6 +89,18 @@ def _sig(files: list[str]) -> dict[str, list[int]]:
     return out
 
 
+def student_beside_teacher(cfg: RunConfig, cpus: int | None = None) -> RunConfig:
+    """The config the generic student pre-trains with while the built-in teacher trains in a
+    1-CPU Ray task: the student takes the other cores, not torch's default of all of them
+    (oversubscribed; on 2 cores 1 thread even ran faster than 2 alone: docs/benchmarks.md).
+    A thread count the user set is kept. Threads are not part of the student's cache key."""
+    if cfg.student.pretrain.threads is not None:
+        return cfg
+    out = cfg.model_copy(deep=True)
+    out.student.pretrain.threads = max(1, (cpus or os.cpu_count() or 2) - 1)
+    return out
+
+
 @dataclass
 class RoundResult:
     round: int
@@ -148,9 +160,10 @@ class Pipeline:
             key["resolved"] = _sig(files)
         kd, data = self.run.stage("data", key, {}, lambda: self._data(data_paths))
         pending = self._train_teacher_alongside()
+        scfg = cfg if pending is None else student_beside_teacher(cfg)
         ks, student = self.run.stage(
             "student", cfg.student.model_dump(mode="json", exclude={"max_new_tokens"}), {"data": kd},
-            lambda: {"path": str(resolve_student(cfg, progress=self.progress))}, lambda o: [o["path"]])
+            lambda: {"path": str(resolve_student(scfg, progress=self.progress))}, lambda o: [o["path"]])
         self.keys = {"data": kd, "student": ks}
         self.data, self.student, self.teacher_dir = data, _absolute(student["path"]), None
         if self.needs_teacher():  # random, full and instruction similarity never ask a teacher
