@@ -392,7 +392,8 @@ def apply_lora(model: PreTrainedModel, cfg: StudentConfig) -> PreTrainedModel:
     )
     base_dtype = next(model.parameters()).dtype
     fixed = fixed_tower_params(model)
-    peft_model = get_peft_model(model, lcfg)
+    with _quiet_peft():
+        peft_model = get_peft_model(model, lcfg)
     if fixed is not None:  # PEFT made every parameter of the tower's trainable copy trainable
         for name, p in peft_model.named_parameters():
             if fixed.search(name):
@@ -506,6 +507,18 @@ def save_adapter(model: torch.nn.Module, out_dir: str | Path) -> Path:
     return out
 
 
+@contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """PEFT 0.21's PeftModel reads transformers 5's deprecated ``is_gradient_checkpointing``, which
+    warns (FutureWarning) on every adapter attached: in every evaluation actor's log, and nothing
+    a user can act on. Only that warning is silenced."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def load_adapter(base: PreTrainedModel, adapter_dir: str | Path, *, trainable: bool = False):
     """Attach saved adapters (and saved projector) to a freshly loaded base student."""
     from peft import PeftModel
@@ -517,7 +530,7 @@ def load_adapter(base: PreTrainedModel, adapter_dir: str | Path, *, trainable: b
                                 "a training run wrote (its adapter/ folder)")
     # PEFT loads adapter_model.safetensors, or a .bin with torch.load(weights_only=True).
     try:
-        with refuse_pickle(d):
+        with refuse_pickle(d), _quiet_peft():
             return PeftModel.from_pretrained(base, str(d), is_trainable=trainable)
     except RuntimeError as e:
         if "size mismatch" not in str(e) and "Error(s) in loading state_dict" not in str(e):
