@@ -132,11 +132,12 @@ def test_the_student_leaves_the_teachers_core_when_both_train_at_once():
     from mmtune.pipeline import student_beside_teacher
     from mmtune.training.pretrain import student_key
 
-    cfg = load_config("configs/demo.yaml", [])
+    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"  # the module's fixture may chdir
+    cfg = load_config(demo, [])
     assert cfg.student.pretrain.threads is None
     two, many = student_beside_teacher(cfg, cpus=2), student_beside_teacher(cfg, cpus=16)
     assert (two.student.pretrain.threads, many.student.pretrain.threads) == (1, 15)
     assert cfg.student.pretrain.threads is None  # the run's own config is not changed
     assert student_key(two) == student_key(cfg)  # the same cached student
-    mine = load_config("configs/demo.yaml", ["student.pretrain.threads=3"])
+    mine = load_config(demo, ["student.pretrain.threads=3"])
     assert student_beside_teacher(mine, cpus=2).student.pretrain.threads == 3  # the user's choice stays
