@@ -37,6 +37,8 @@ Progress = Callable[[str], None]
 # arm -> config overrides (dotted paths); the ablations are the dense method with one part removed.
 ARMS: dict[str, dict[str, Any]] = {
     "dense": {"retrieval.method": "dense"},
+    # [ours] the skill's hits reranked by the failed question (mmtune/retrieval/rerank.py)
+    "dense_context": {"retrieval.method": "dense", "retrieval.context_rerank": True},
     "bm25": {"retrieval.method": "bm25"},
     "random": {"retrieval.method": "random"},
     "instruction_similarity": {"retrieval.method": "instruction_similarity"},
@@ -46,7 +48,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "step_text": {"retrieval.method": "dense", "retrieval.query": "step_text"},  # no skill analysis
 }
 ARM_LABELS = {
-    "dense": "ours (switch + skill + dense)", "bm25": "ours, BM25 retrieval (paper)", "random": "random",
+    "dense": "ours (switch + skill + dense)", "dense_context": "ours + context rerank",
+    "bm25": "ours, BM25 retrieval (paper)", "random": "random",
     "instruction_similarity": "instruction similarity", "full": "full corpus", "oracle": "oracle (target val)",
     "random_step": "ablation: random step", "step_text": "ablation: step text query",
 }

@@ -319,6 +319,12 @@ class RetrievalConfig(_Section):
     budget: int = Field(600, ge=1, description="samples selected per run, split over rounds")
     rounds: int = Field(2, ge=1, le=10)
     replay_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    context_rerank: bool = Field(
+        False, description="[ours] dense only: rerank each missing skill's hits by the similarity of their "
+        "instructions to the validation question that went wrong (reciprocal rank fusion; "
+        "mmtune/retrieval/rerank.py); false = the paper's skill-only retrieval")
+    context_depth: int = Field(64, ge=1, description="with context_rerank: skill hits reranked per query, as a "
+                                                     "multiple of the hits it takes")
 
 
 # --------------------------------------------------------------------------- training
@@ -405,7 +411,8 @@ class EvalConfig(_Section):
 
 
 # --------------------------------------------------------------------------- compare
-Arm = Literal["dense", "bm25", "random", "instruction_similarity", "full", "oracle", "random_step", "step_text"]
+Arm = Literal["dense", "dense_context", "bm25", "random", "instruction_similarity", "full", "oracle", "random_step",
+              "step_text"]
 
 
 class CompareConfig(_Section):

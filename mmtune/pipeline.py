@@ -214,19 +214,21 @@ class Pipeline:
     def planned_stages(self) -> int:
         """How many stages ``run_all`` goes through (the progress gauge's total): data,
         student, evaluate_0; teacher and annotate when a teacher is needed; index unless
-        the method reads no index; per round diagnose (with a teacher), select, train, evaluate."""
+        the method reads no index (and the context index with ``context_rerank``); per
+        round diagnose (with a teacher), select, train, evaluate."""
         t = int(self.needs_teacher())
-        index = int(self.cfg.retrieval.method not in ("random", "full", "oracle"))
-        return 3 + 2 * t + index + self.cfg.retrieval.rounds * (3 + t)
+        rc = self.cfg.retrieval
+        index = int(rc.method not in ("random", "full", "oracle")) + int(rc.method == "dense" and rc.context_rerank)
+        return 3 + 2 * t + index + rc.rounds * (3 + t)
 
     def annotate_and_index(self) -> None:
         """Annotate the corpus (skills) and index it, both cached by content."""
-        from mmtune.retrieval.corpus_index import build_corpus_index
         from mmtune.teacher.annotate_job import annotate_corpus, annotated_files
 
         cfg, rc = self.cfg, self.cfg.retrieval
         corpus = self.data["corpus"]
         self.pool_files = corpus
+        self.context_index_dir: Path | None = None
         if rc.method in ("random", "full", "oracle"):
             return
         if self.needs_teacher():
@@ -239,15 +241,31 @@ class Pipeline:
             self.keys["annotate"] = ka
             icfg = cfg
         else:  # instruction similarity: the corpus's instructions, no teacher
-            icfg = cfg.model_copy(update={"retrieval": rc.model_copy(update={"text": "instruction"})})
-        ikey = config_hash({"pool": _sig(self.pool_files), "embedder": icfg.retrieval.embedder,
-                            "text": icfg.retrieval.text, "index_type": icfg.retrieval.index_type})
-        idir = Path(cfg.run.cache_dir) / "index" / ikey
+            icfg = self._instruction_cfg()
         self.index_cfg = icfg
-        ki, _ = self.run.stage("index", {"dir": str(idir)}, {k: v for k, v in self.keys.items() if k == "annotate"},
-                               lambda: build_corpus_index(icfg, self.pool_files, idir, progress=self.progress),
-                               lambda o: [str(idir)])
-        self.index_dir, self.keys["index"] = idir, ki
+        self.index_dir, self.keys["index"] = self._index("index", icfg, self.pool_files,
+                                                         {k: v for k, v in self.keys.items() if k == "annotate"})
+        if rc.method == "dense" and rc.context_rerank:
+            # The corpus's instruction embeddings, for reranking by context: the same cache
+            # entry as the instruction-similarity arm's index (same files, same key).
+            self.context_index_dir, self.keys["context_index"] = self._index(
+                "context_index", self._instruction_cfg(), corpus, {})
+
+    def _instruction_cfg(self) -> RunConfig:
+        rc = self.cfg.retrieval
+        return self.cfg.model_copy(update={"retrieval": rc.model_copy(update={"text": "instruction"})})
+
+    def _index(self, stage: str, icfg: RunConfig, files: list[str], deps: dict[str, str]) -> tuple[Path, str]:
+        """Embed ``files`` by ``icfg.retrieval.text`` and index them, cached by content."""
+        from mmtune.retrieval.corpus_index import build_corpus_index
+
+        ikey = config_hash({"pool": _sig(files), "embedder": icfg.retrieval.embedder,
+                            "text": icfg.retrieval.text, "index_type": icfg.retrieval.index_type})
+        idir = Path(self.cfg.run.cache_dir) / "index" / ikey
+        key, _ = self.run.stage(stage, {"dir": str(idir)}, deps,
+                                lambda: build_corpus_index(icfg, files, idir, progress=self.progress),
+                                lambda o: [str(idir)])
+        return idir, key
 
     # ---------------------------------------------------------------- per round
     def diagnose(self, r: int, adapter: str | None, prev_key: str) -> tuple[str, dict[str, Any]]:
@@ -344,14 +362,20 @@ class Pipeline:
                     s = sel.select_instruction_similarity(qs, budget, vindex, embed_fn=TextEmbedder(rc.embedder),
                                                           round=r, exclude_ids=taken)
                 else:
-                    qs = queries(view.diagnosis_rows(), rc.query)
+                    pairs = query_pairs(view.diagnosis_rows(), rc.query)
+                    qs = [q for q, _ in pairs]
                     if not qs:
                         raise ValueError(f"round {r}: no diagnosed errors with a {rc.query} to retrieve for "
                                          f"({diag['status']}); see {diag['path']}")
                     if rc.method == "bm25":
+                        if rc.context_rerank:
+                            self.progress("[select] retrieval.context_rerank applies to dense retrieval only; "
+                                          "bm25 retrieves by the skill alone")
                         if bm25 is None:
                             raise ValueError("retrieval.method=bm25 needs a text index; this one holds images")
                         s = sel.select_bm25(qs, budget, bm25, round=r, exclude_ids=taken)
+                    elif self.context_index_dir is not None:
+                        s = self._select_in_context(pairs, budget, vindex, r, taken)
                     else:
                         s = sel.select(qs, budget, vindex, round=r, method="dense", exclude_ids=taken,
                                        embed_fn=TextEmbedder(rc.embedder))
@@ -361,6 +385,24 @@ class Pipeline:
 
         return self.run.stage(f"select_{r}", {"retrieval": rc.model_dump(mode="json"), "budget": budget},
                               inputs, work, lambda o: [o["path"]])
+
+    def _select_in_context(self, pairs: list[tuple[str, str]], budget: int, vindex: Any, r: int,
+                           taken: list[str]) -> Any:
+        """Dense retrieval by skill, reranked by each error's question (``retrieval.context_rerank``)."""
+        import numpy as np
+
+        from mmtune.retrieval import select as sel
+        from mmtune.retrieval.embed import TextEmbedder
+        from mmtune.retrieval.embed_job import read_embeddings
+        from mmtune.retrieval.rerank import ContextReranked
+
+        embed = TextEmbedder(self.cfg.retrieval.embedder)
+        skills = np.asarray(embed([q for q, _ in pairs]), dtype=np.float32)
+        questions = np.asarray(embed([c for _, c in pairs]), dtype=np.float32)
+        ids, vecs = read_embeddings(self.context_index_dir)
+        searcher = ContextReranked(vindex, ids, vecs, depth=self.cfg.retrieval.context_depth)
+        return sel.select(np.hstack([skills, questions]), budget, searcher, round=r, method="dense_context",
+                          exclude_ids=taken, query_texts=[q for q, _ in pairs])
 
     def train_files(self) -> list[str]:
         """Where the selected ids live: the pool, or for the oracle the targets' val splits."""
@@ -417,7 +459,7 @@ class Pipeline:
         adapter, prev, taken, sel_keys = None, self.keys["student"], [], []
         for r in range(1, self.cfg.retrieval.rounds + 1):
             diag = None
-            inputs = {"previous": prev, **{k: self.keys[k] for k in ("index",) if k in self.keys}}
+            inputs = {"previous": prev, **{k: self.keys[k] for k in ("index", "context_index") if k in self.keys}}
             if self.needs_teacher():
                 kdg, diag = self.diagnose(r, adapter, prev)
                 inputs["diagnose"] = kdg
@@ -439,28 +481,36 @@ class Pipeline:
         return summary
 
 
-def queries(diagnosis: list[dict[str, Any]], query: str) -> list[str]:
-    """What dense/bm25 retrieve with, one per diagnosed error: the missing-skill phrase, or
-    (the 'no skill analysis' ablation) the text of the step the teacher located;
-    interleaved (:func:`mmtune.retrieval.select.interleave`)."""
+def query_pairs(diagnosis: list[dict[str, Any]], query: str) -> list[tuple[str, str]]:
+    """What dense/bm25 retrieve with, one per diagnosed error, as (query, question): the
+    missing-skill phrase, or (the 'no skill analysis' ablation) the text of the step the
+    teacher located; with the validation question it was diagnosed on (the context that
+    ``retrieval.context_rerank`` ranks by). Interleaved
+    (:func:`mmtune.retrieval.select.interleave`)."""
     from mmtune.retrieval.select import interleave
 
     out, keys = [], []
     for d in diagnosis:
         if d["status"] != "ok":
             continue
+        question = d.get("question") or ""
         if query == "skill":
             if d["missing_skill"]:
-                out.append(d["missing_skill"])
+                out.append((d["missing_skill"], question))
                 keys.append(d["missing_skill"])
         else:
             k, steps = d.get("mistake_step"), d.get("student_steps") or []
             if k and 1 <= k <= len(steps) and steps[k - 1].strip():
-                out.append(steps[k - 1])
+                out.append((steps[k - 1], question))
                 keys.append(str(d.get("task", "")))
     # Each missing skill (each target, for step texts) gets a share of the budget in
     # proportion to its errors, whatever order the diagnosis lists them in.
     return interleave(out, keys)
+
+
+def queries(diagnosis: list[dict[str, Any]], query: str) -> list[str]:
+    """The query texts of :func:`query_pairs`, without their questions."""
+    return [q for q, _ in query_pairs(diagnosis, query)]
 
 
 def summary_table(summary: dict[str, Any]) -> str:

@@ -4,7 +4,7 @@ import pytest
 
 from mmtune.compare import aggregate, budget_counts, cell_config, headline_markdown, plan, steps_for
 from mmtune.config import load_config
-from mmtune.pipeline import queries
+from mmtune.pipeline import queries, query_pairs
 
 
 def test_budgets_fractions_and_counts():
@@ -39,6 +39,8 @@ def test_every_arm_trains_the_same_steps_at_a_budget():
     st = cell_config(cfg, "step_text", budgets[0], 0, n)
     assert (st.retrieval.method, st.retrieval.query, st.teacher.locate) == ("dense", "step_text", "switch")
     assert cell_config(cfg, "oracle", budgets[0], 0, n).retrieval.method == "oracle"
+    ctx = cell_config(cfg, "dense_context", budgets[0], 0, n).retrieval
+    assert (ctx.method, ctx.context_rerank) == ("dense", True) and not cfg.retrieval.context_rerank
     d = cell_config(cfg, "dense", budgets[0], 0, n)
     assert (d.run.out_dir, d.run.name, d.run.cache_dir) == ("runs/cmp", f"dense-b{budgets[0]}-s0", cfg.run.cache_dir)
 
@@ -46,12 +48,14 @@ def test_every_arm_trains_the_same_steps_at_a_budget():
 def test_queries_skill_or_the_mistaken_step():
     diag = [
         {"status": "ok", "missing_skill": "reading a handwritten digit", "mistake_step": 2,
-         "student_steps": ["The digit is 3.", "3 is even."]},
+         "student_steps": ["The digit is 3.", "3 is even."], "question": "Is the digit odd?"},
         {"status": "ok", "missing_skill": None, "mistake_step": None, "student_steps": []},
         {"status": "unparsed", "missing_skill": None, "mistake_step": 1, "student_steps": ["x"]},
     ]
     assert queries(diag, "skill") == ["reading a handwritten digit"]
     assert queries(diag, "step_text") == ["3 is even."]
+    # with the question each was diagnosed on: the context that retrieval.context_rerank ranks by
+    assert query_pairs(diag, "skill") == [("reading a handwritten digit", "Is the digit odd?")]
 
 
 def _scores(acc_t, acc_c):

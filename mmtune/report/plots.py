@@ -18,16 +18,17 @@ from mmtune.report.collect import corpus_mean, num, target_scores, targets_mean
 
 DPI = 200
 # Okabe & Ito (2008); grey for the random baseline, black for the oracle (a reference).
-ARM_COLOURS = {"dense": "#0072B2", "bm25": "#E69F00", "instruction_similarity": "#009E73",
+ARM_COLOURS = {"dense": "#0072B2", "dense_context": "#003A66", "bm25": "#E69F00", "instruction_similarity": "#009E73",
                "random": "#8C8C8C", "full": "#CC79A7", "oracle": "#000000", "random_step": "#D55E00",
                "step_text": "#56B4E9"}
-ARM_LABELS = {"dense": "ours (dense)", "bm25": "ours (BM25)", "instruction_similarity": "instruction similarity",
+ARM_LABELS = {"dense": "ours (dense)", "dense_context": "ours + context", "bm25": "ours (BM25)",
+              "instruction_similarity": "instruction similarity",
               "random": "random", "full": "full corpus", "oracle": "oracle (target val)",
               "random_step": "ablation: random step", "step_text": "ablation: step-text query"}
 _MORE = ["#7A4FA0", "#4D8F3A", "#B3446C", "#F0B400", "#5B3A1A", "#2F6F8F"]
 TASK_COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#7A4FA0", "#8C8C8C"]
-ARM_MARKERS = {"dense": "o", "bm25": "s", "instruction_similarity": "^", "random": "D", "full": "v",
-               "oracle": "*", "random_step": "P", "step_text": "X"}
+ARM_MARKERS = {"dense": "o", "dense_context": "h", "bm25": "s", "instruction_similarity": "^", "random": "D",
+               "full": "v", "oracle": "*", "random_step": "P", "step_text": "X"}
 MAJORITY = {"color": "#8C8C8C", "linestyle": (0, (4, 2.5)), "linewidth": 0.9}
 GENERIC = {"color": "#333333", "linestyle": (0, (1, 1.6)), "linewidth": 1.3}
 MAX_SKILLS = 14
