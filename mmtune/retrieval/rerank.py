@@ -60,8 +60,9 @@ class ContextReranked:
     Each query row is ``[skill vector | context vector]`` (``2 × dim`` wide): the embedded
     missing skill and the embedded validation question it was diagnosed on.
     ``search(queries, k)`` searches ``skill_index`` ``depth × k`` deep with the skill half
-    (further while hits tie with the last one: :meth:`_candidates`), scores every hit's instruction vector (``context_ids`` / ``context_vectors``: the
-    corpus's instruction embeddings) against the context half, fuses the two rankings
+    (further while hits tie with the last one: :meth:`_candidates`), scores every hit's
+    instruction vector (``context_ids`` / ``context_vectors``: the corpus's instruction
+    embeddings) against the context half, fuses the two rankings
     (:func:`reciprocal_rank_fusion`) and returns the top ``k`` by fused score, best first.
     A hit with no instruction vector (quarantined by the instruction embedding) ranks last
     on context.
