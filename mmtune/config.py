@@ -42,6 +42,9 @@ class RunSettings(_Section):
         None, ge=0, description="seed of what is built once and shared (the generic student, the built-in teacher, "
                                 "the index); null = seed. mmtune compare pins it, so its seeds vary only the runs")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    shipped_models: bool = Field(
+        True, description="use the generic student and built-in teacher shipped with mmtune (mmtune/assets/models) "
+        "when the config resolves to their keys, instead of training them; false = always train here")
 
     @property
     def shared_seed(self) -> int:

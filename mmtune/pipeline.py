@@ -188,10 +188,16 @@ class Pipeline:
         from mmtune.training.pretrain import META_FILE as STUDENT_META
         from mmtune.training.pretrain import PRESET_MODALITY, student_dir
 
+        from mmtune.models.shipped import restore
+
         cfg = self.cfg
-        if (not self.needs_teacher() or cfg.teacher.backend != "builtin" or (teacher_dir(cfg) / META_FILE).is_file()
+
+        def ready(out: Path, meta: str) -> bool:  # cached, or shipped and copied in now
+            return (out / meta).is_file() or restore(out, meta, enabled=cfg.run.shipped_models, progress=self.progress)
+
+        if (not self.needs_teacher() or cfg.teacher.backend != "builtin"
                 or cfg.student.name_or_path not in PRESET_MODALITY  # any preset: vision or audio
-                or (student_dir(cfg) / STUDENT_META).is_file()):
+                or ready(teacher_dir(cfg), META_FILE) or ready(student_dir(cfg), STUDENT_META)):
             return None
         import ray
 

@@ -65,9 +65,13 @@ def teacher_dir(cfg: RunConfig) -> Path:
 
 
 def ensure_builtin_teacher(cfg: RunConfig, progress: Callable[[str], None] = print, force: bool = False) -> Path:
+    from mmtune.models.shipped import restore
+
     out = teacher_dir(cfg)
     if (out / META_FILE).is_file() and not force:
         progress(f"[teacher] built-in teacher cached at {out}")
+        return out
+    if not force and restore(out, META_FILE, enabled=cfg.run.shipped_models, progress=progress):
         return out
     tmp = out.with_name(out.name + f".tmp{int(time.time())}")
     train_builtin_teacher(cfg, tmp, progress=progress)

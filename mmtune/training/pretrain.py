@@ -79,9 +79,13 @@ def resolve_student(cfg: RunConfig, progress=print) -> Path | str:
 
 
 def ensure_generic_student(cfg: RunConfig, progress=print, force: bool = False) -> Path:
+    from mmtune.models.shipped import restore
+
     out = student_dir(cfg)
     if (out / META_FILE).is_file() and not force:
         progress(f"[student] generic student cached at {out}")
+        return out
+    if not force and restore(out, META_FILE, enabled=cfg.run.shipped_models, progress=progress):
         return out
     paths = data_paths(cfg, progress)
     tmp = out.with_name(out.name + ".tmp")
