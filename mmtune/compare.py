@@ -34,9 +34,13 @@ from mmtune.config import RunConfig
 
 Progress = Callable[[str], None]
 
-# arm -> config overrides (dotted paths); the ablations are the dense method with one part removed.
+# arm -> config overrides (dotted paths). Each arm states its retrieval in full, so a base
+# config that turns context reranking on (configs/demo.yaml) does not change what `dense`
+# means: `dense` is the paper's skill-only retrieval, `dense_context` adds the rerank, and
+# the ablations are the paper's method with one part removed.
+_PAPER = {"retrieval.method": "dense", "retrieval.context_rerank": False}
 ARMS: dict[str, dict[str, Any]] = {
-    "dense": {"retrieval.method": "dense"},
+    "dense": dict(_PAPER),
     # [ours] the skill's hits reranked by the failed question (mmtune/retrieval/rerank.py)
     "dense_context": {"retrieval.method": "dense", "retrieval.context_rerank": True},
     "bm25": {"retrieval.method": "bm25"},
@@ -44,8 +48,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "instruction_similarity": {"retrieval.method": "instruction_similarity"},
     "full": {"retrieval.method": "full"},
     "oracle": {"retrieval.method": "oracle"},
-    "random_step": {"retrieval.method": "dense", "teacher.locate": "random"},  # no mistake identification
-    "step_text": {"retrieval.method": "dense", "retrieval.query": "step_text"},  # no skill analysis
+    "random_step": {**_PAPER, "teacher.locate": "random"},  # no mistake identification
+    "step_text": {**_PAPER, "retrieval.query": "step_text"},  # no skill analysis
 }
 ARM_LABELS = {
     "dense": "ours (switch + skill + dense)", "dense_context": "ours + context rerank",

@@ -423,10 +423,11 @@ class CompareConfig(_Section):
     budget and test set (docs/compare.md)."""
 
     arms: list[Arm] = Field(
-        default_factory=lambda: ["dense", "bm25", "random", "instruction_similarity", "random_step", "step_text",
-                                 "full", "oracle"],
-        description="dense = ours; random_step / step_text = the paper's ablations (no mistake identification / "
-                    "no skill analysis), both dense")
+        default_factory=lambda: ["dense_context", "dense", "bm25", "random", "instruction_similarity", "random_step",
+                                 "step_text", "full", "oracle"],
+        description="dense = ours, the paper's skill retrieval; dense_context = ours with the context rerank "
+                    "(retrieval.context_rerank); random_step / step_text = the paper's ablations (no mistake "
+                    "identification / no skill analysis), both dense without the rerank")
     budgets: list[float] = Field(
         default_factory=lambda: [0.01, 0.03, 0.06],
         description="samples per run: a value < 1 is a fraction of the corpus, >= 1 a count")

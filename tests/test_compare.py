@@ -41,6 +41,10 @@ def test_every_arm_trains_the_same_steps_at_a_budget():
     assert cell_config(cfg, "oracle", budgets[0], 0, n).retrieval.method == "oracle"
     ctx = cell_config(cfg, "dense_context", budgets[0], 0, n).retrieval
     assert (ctx.method, ctx.context_rerank) == ("dense", True) and not cfg.retrieval.context_rerank
+    # a base config with the rerank on (configs/demo.yaml) leaves `dense` and the ablations the paper's
+    on = load_config(None, ["retrieval.context_rerank=true"])
+    assert not any(cell_config(on, a, budgets[0], 0, n).retrieval.context_rerank
+                   for a in ("dense", "random_step", "step_text"))
     d = cell_config(cfg, "dense", budgets[0], 0, n)
     assert (d.run.out_dir, d.run.name, d.run.cache_dir) == ("runs/cmp", f"dense-b{budgets[0]}-s0", cfg.run.cache_dir)
 
