@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = data_paths(cfg)
     if args.fresh and student_dir(cfg).exists():
         shutil.rmtree(student_dir(cfg))
-    sdir = ensure_generic_student(cfg)
+    sdir = ensure_generic_student(cfg, force=args.fresh)  # --fresh trains it here, never the shipped copy
     meta = json.loads((sdir / META_FILE).read_text())
     init_ray(cfg.ray)
     splits = {f"{t}/test": [str(p) for p in ps] for t, ps in paths.target_test.items()}
