@@ -480,7 +480,9 @@ class Pipeline:
             rounds.append({"round": r, "scores": ev["scores"], "selected": len(taken),
                            "wrong": diag["wrong"] if diag else None,
                            "skills": diag["skills"] if diag else {}, "train": tr})
-        summary = {"run_dir": str(self.root), "method": self.cfg.retrieval.method, "rounds": rounds,
+        rc = self.cfg.retrieval
+        summary = {"run_dir": str(self.root), "method": rc.method,
+                   "context_rerank": rc.method == "dense" and rc.context_rerank, "rounds": rounds,
                    "seconds": round(time.time() - t0, 1)}
         (self.root / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         self.progress("\n" + summary_table(summary))
@@ -524,7 +526,8 @@ def summary_table(summary: dict[str, Any]) -> str:
     rounds = summary["rounds"]
     splits = [(s["split"], s["task"]) for s in rounds[0]["scores"]]
     head = f"{'split':<20} {'task':<20} {'majority':>8} " + " ".join(f"{'r' + str(r['round']):>7}" for r in rounds)
-    lines = [f"accuracy per round ({summary['method']}; r0 = generic student)", head, "-" * len(head)]
+    method = summary["method"] + (" + context rerank" if summary.get("context_rerank") else "")
+    lines = [f"accuracy per round ({method}; r0 = generic student)", head, "-" * len(head)]
     by = [{(s["split"], s["task"]): s for s in r["scores"]} for r in rounds]
     for key in splits:
         maj = by[0][key]["majority"]

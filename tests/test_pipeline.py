@@ -141,3 +141,14 @@ def test_the_student_leaves_the_teachers_core_when_both_train_at_once():
     assert student_key(two) == student_key(cfg)  # the same cached student
     mine = load_config(demo, ["student.pretrain.threads=3"])
     assert student_beside_teacher(mine, cpus=2).student.pretrain.threads == 3  # the user's choice stays
+
+
+def test_summary_table_names_the_method_and_the_rerank():
+    from mmtune.pipeline import summary_table
+
+    scores = [{"split": "a/test", "task": "a", "accuracy": 0.5, "majority": 0.25}]
+    rounds = [{"round": 0, "scores": scores}, {"round": 1, "scores": [{**scores[0], "accuracy": 0.75}]}]
+    table = summary_table({"method": "dense", "context_rerank": True, "rounds": rounds})
+    assert table.splitlines()[0] == "accuracy per round (dense + context rerank; r0 = generic student)"
+    assert table.splitlines()[-1].split() == ["a/test", "a", "0.250", "0.500", "0.750"]
+    assert "(random;" in summary_table({"method": "random", "rounds": rounds})  # older summaries lack the key

@@ -25,6 +25,7 @@ import numpy as np
 
 RRF_K = 60  # the constant of Cormack et al.; ranks beyond ~60 fade out smoothly
 TIE_TOL = 1e-5  # skill scores this close to the cut-off score are ties (float32 cosine)
+TIE_DECIMALS = 5  # scores are ranked rounded to this many decimals (float32 noise is ~1e-7)
 TIE_CAP = 8192  # most skill hits one query reranks, ties included
 
 
@@ -84,8 +85,15 @@ class ContextReranked:
                              f"{skill_index.dim}; embed both with the same retrieval.embedder")
         self.skill_index, self.depth = skill_index, int(depth)
         self.dim = int(skill_index.dim)
-        self._row = {x: i for i, x in enumerate(context_ids)}
+        self._table = skill_index.ids  # index position -> id
+        row = {x: i for i, x in enumerate(context_ids)}
+        # index position -> row of its instruction vector (-1: none), so that candidates are
+        # looked up as arrays, not id by id
+        self._ctx_row = np.array([row.get(x, -1) for x in self._table], dtype=np.int64)
         self._vecs = _unit(vecs)
+        # (skill vector, depth) -> candidates: select() re-searches a query each time it runs
+        # dry, and many queries share a skill; the index does not change under a searcher.
+        self._memo: dict[tuple[bytes, int], tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
         return len(self.skill_index)
@@ -96,43 +104,50 @@ class ContextReranked:
             raise ValueError(f"ContextReranked.search: queries of shape {q.shape}; each row must be a skill "
                              f"vector and a context vector side by side ({2 * self.dim} wide)")
         skills, context = q[:, :self.dim], _unit(q[:, self.dim:])
-        ids, scores = self._candidates(skills, min(len(self), max(1, int(k)) * self.depth))
+        # Errors share skills (193 of 415 named the same one in headline_v5): search each
+        # distinct skill once.
+        distinct, which = np.unique(skills, axis=0, return_inverse=True)
+        positions, scores = self._candidates(distinct, min(len(self), max(1, int(k)) * self.depth))
         out_ids, out_scores = [], []
-        for row_ids, row_scores, c in zip(ids, scores, context):
-            rows = np.array([self._row.get(x, -1) for x in row_ids], dtype=np.int64)
-            ctx = np.full(len(row_ids), -np.inf)
+        for u, c in zip(np.asarray(which).reshape(-1), context):
+            pos, sc = positions[u], scores[u]
+            rows = self._ctx_row[pos]
+            ctx = np.full(len(pos), -np.inf)
             known = rows >= 0
             ctx[known] = self._vecs[rows[known]] @ c
-            fused = reciprocal_rank_fusion(row_scores, ctx)
-            top = np.argsort(-fused, kind="stable")[:k]
-            out_ids.append([row_ids[j] for j in top])
+            # Ranks on scores rounded to the tie tolerance: equal texts embed to equal vectors
+            # only up to float noise, which must not order them.
+            fused = reciprocal_rank_fusion(np.round(sc, TIE_DECIMALS), np.round(ctx, TIE_DECIMALS))
+            # Full ties fall back to the index's storage order, whatever order FAISS returned
+            # them in (it differs between a batched and a single search).
+            top = np.lexsort((pos, -fused))[:k]
+            out_ids.append([self._table[p] for p in pos[top]])
             out_scores.append(fused[top].astype(np.float32))
         return out_ids, out_scores
 
-    def _candidates(self, skills: np.ndarray, depth: int) -> tuple[list[list[str]], list[np.ndarray]]:
-        """Each query's ``depth`` best skill hits, plus every hit tied with the last of them.
+    def _candidates(self, skills: np.ndarray, depth: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Each query's ``depth`` best skill hits (index positions and scores), plus every hit
+        tied with the last of them.
 
         Many samples carry the very same skill phrase (cosine 1.0), and the index returns
         tied hits in storage order: cut at ``depth``, the pool would hold whichever task was
         written first. Searching on until the tie is passed (up to :data:`TIE_CAP` hits)
         lets the context, not the file order, choose among them."""
         n = len(self)
-        rows_ids: list[list[str]] = [[] for _ in range(len(skills))]
-        rows_scores: list[np.ndarray] = [np.zeros(0, np.float32)] * len(skills)
-        todo, d = list(range(len(skills))), depth
+        keys = [(row.tobytes(), depth) for row in skills]
+        todo, d = [i for i, key in enumerate(keys) if key not in self._memo], depth
         while todo:
-            ids, scores = self.skill_index.search(skills[todo], d)
+            hits = self.skill_index.search(skills[todo], d)
             again = []
-            for i, row_ids, row_scores in zip(todo, ids, scores):
-                row_scores = np.asarray(row_scores)
-                cut = row_scores[depth - 1] - TIE_TOL if len(row_scores) >= depth else -np.inf
-                keep = row_scores >= cut
-                rows_ids[i] = [x for x, kept in zip(row_ids, keep) if kept]
-                rows_scores[i] = row_scores[keep]
-                if keep.all() and len(row_ids) == d and d < min(n, TIE_CAP):
+            for i, pos, sc in zip(todo, hits.positions, hits.scores):
+                pos, sc = np.asarray(pos, dtype=np.int64), np.asarray(sc)
+                cut = sc[depth - 1] - TIE_TOL if len(sc) >= depth else -np.inf
+                keep = sc >= cut
+                self._memo[keys[i]] = (pos[keep], sc[keep])
+                if keep.all() and len(sc) == d and d < min(n, TIE_CAP):
                     again.append(i)  # the tie may go on past this depth
             todo, d = again, min(n, TIE_CAP, 2 * d)
-        return rows_ids, rows_scores
+        return [self._memo[key][0] for key in keys], [self._memo[key][1] for key in keys]
 
 
 __all__ = ["ContextReranked", "RRF_K", "competition_ranks", "reciprocal_rank_fusion"]

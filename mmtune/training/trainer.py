@@ -70,6 +70,20 @@ def read_history(ckpt_dir: str | Path) -> list[dict[str, float]]:
     return _load_history(ckpt_dir)
 
 
+def _quiet_report_echo() -> None:
+    """Ray Train V2 logs every ``ray.train.report`` call at INFO from the worker, the whole
+    metrics dict on one line (2 KB each: 320 lines of a 24-cell comparison's log). The
+    worker's own ``[train] step ...`` lines and the run's history carry the same numbers, so
+    that module's logger (named by its file path) is set to WARNING in this worker."""
+    import logging
+
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: its echo stays
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The function each Ray Train worker runs; ``config`` is built by :func:`build_trainer`."""
     import ray.train
@@ -81,6 +95,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from mmtune.training.checkpoint import read_state
     from mmtune.training.loop import run_training, total_steps_for
 
+    _quiet_report_echo()
     tc = TrainingConfig.model_validate(config["training"])
     sc = StudentConfig.model_validate(config["student"])
     seed = int(config["seed"])

@@ -85,3 +85,27 @@ def test_bad_shapes_name_the_fix(reranked):
         ContextReranked(VectorIndex.build(SKILLS, IDS, "flat"), IDS[:2], INSTR)
     with pytest.raises(ValueError, match="context_depth"):
         ContextReranked(VectorIndex.build(SKILLS, IDS, "flat"), IDS, INSTR, depth=0)
+
+
+def test_batched_and_single_searches_agree_and_share_work(reranked):
+    rng = np.random.default_rng(0)
+    q = np.stack([np.hstack([unit(1, 0, 0, 0), unit(*rng.normal(size=4))]) for _ in range(5)]
+                 + [np.hstack([unit(0.6, 0.8, 0, 0), unit(0, 0, 1, 0)])])
+    batched = reranked.search(q, 2)
+    alone = [reranked.search(row[None], 2) for row in q]
+    assert batched[0] == [a[0][0] for a in alone]
+    # full ties (same skill, same instruction) fall back to storage order, not FAISS's
+    same = np.stack([np.hstack([unit(0, 0, 0, 1), unit(1, 0, 0, 0)])])
+    r = ContextReranked(VectorIndex.build(SKILLS[[5, 5, 5]], ["c", "a", "b"], "flat"), ["c", "a", "b"],
+                        INSTR[[0, 0, 0]], depth=1)
+    assert r.search(same, 3)[0] == [["c", "a", "b"]]
+    # five queries with one skill searched the index once per depth
+    calls = []
+    searcher = ContextReranked(VectorIndex.build(SKILLS, IDS, "flat"), IDS, INSTR, depth=1)
+    inner = searcher.skill_index.search
+    searcher.skill_index.search = lambda x, k: calls.append(len(x)) or inner(x, k)
+    searcher.search(q[:5], 1)
+    searcher.search(q[:5], 1)
+    # depths 1, 2, 4 while the tie of four lasts, then 6 (the whole index) to see it end;
+    # the second call, and the other four queries, come from the memo
+    assert calls == [1, 1, 1, 1]

@@ -133,3 +133,16 @@ def test_worker_group_that_starves_ray_data_is_refused():
     check_cpu_headroom(2, 0.5, 2.0)  # leaves 1 CPU for reads: fine
     with pytest.raises(ValueError, match="leaving none for Ray Data"):
         check_cpu_headroom(2, 1.0, 2.0)
+
+
+def test_the_report_echo_of_ray_train_is_quieted_in_the_worker():
+    import logging
+
+    from ray.train.v2._internal.execution import context
+
+    from mmtune.training.trainer import _quiet_report_echo
+
+    _quiet_report_echo()
+    # the logger that writes "Reporting training result N: TrainingReport(...)" per report
+    assert context.logger is logging.getLogger(context.__file__)
+    assert not context.logger.isEnabledFor(logging.INFO)
