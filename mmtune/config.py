@@ -423,8 +423,8 @@ class CompareConfig(_Section):
     budget and test set (docs/compare.md)."""
 
     arms: list[Arm] = Field(
-        default_factory=lambda: ["dense_context", "dense", "bm25", "random", "instruction_similarity", "random_step",
-                                 "step_text", "full", "oracle"],
+        default_factory=lambda: ["dense", "bm25", "random", "instruction_similarity", "random_step", "step_text",
+                                 "full", "oracle"],
         description="dense = ours, the paper's skill retrieval; dense_context = ours with the context rerank "
                     "(retrieval.context_rerank); random_step / step_text = the paper's ablations (no mistake "
                     "identification / no skill analysis), both dense without the rerank")
