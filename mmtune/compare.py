@@ -35,7 +35,7 @@ from mmtune.config import RunConfig
 Progress = Callable[[str], None]
 
 # arm -> config overrides (dotted paths). Each arm states its retrieval in full, so a base
-# config that turns context reranking on (configs/demo.yaml) does not change what `dense`
+# config that turns context reranking on does not change what `dense`
 # means: `dense` is the paper's skill-only retrieval, `dense_context` adds the rerank, and
 # the ablations are the paper's method with one part removed.
 _PAPER = {"retrieval.method": "dense", "retrieval.context_rerank": False}

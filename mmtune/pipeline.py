@@ -184,11 +184,10 @@ class Pipeline:
         """When both the generic student and the built-in teacher must be trained (a fresh
         machine), train the teacher in a 1-CPU Ray task while the driver pre-trains the
         student: on 2 cores that nearly halves the first run's wall time."""
+        from mmtune.models.shipped import restore
         from mmtune.teacher.builtin import META_FILE, teacher_dir
         from mmtune.training.pretrain import META_FILE as STUDENT_META
         from mmtune.training.pretrain import PRESET_MODALITY, student_dir
-
-        from mmtune.models.shipped import restore
 
         cfg = self.cfg
 

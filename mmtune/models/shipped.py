@@ -50,9 +50,10 @@ def manifest(root: Path = SHIPPED_DIR) -> dict[str, dict]:
     return json.loads(path.read_text())["models"] if path.is_file() else {}
 
 
-def verify(name: str, root: Path = SHIPPED_DIR) -> str | None:
-    """None when the shipped model ``name`` is complete and matches its checksums, else why not."""
-    entry = manifest(root).get(name)
+def verify(name: str, root: Path = SHIPPED_DIR, entry: dict | None = None) -> str | None:
+    """None when the shipped model ``name`` is complete and matches its checksums, else why not.
+    ``entry``: its manifest entry, when the caller has read the manifest already."""
+    entry = entry if entry is not None else manifest(root).get(name)
     if entry is None:
         return f"no shipped model named {name}"
     src = root / name
@@ -71,9 +72,10 @@ def restore(out: Path, meta_file: str, *, enabled: bool = True, root: Path = SHI
     a complete model (``meta_file`` written last, as a trained one). False, and ``out``
     untouched, when shipping is off, nothing of that name is shipped, or the copy fails
     its checksums (then the caller trains the model)."""
-    if not enabled or out.name not in manifest(root):
+    entry = manifest(root).get(out.name) if enabled else None
+    if entry is None:
         return False
-    problem = verify(out.name, root)
+    problem = verify(out.name, root, entry)
     if problem:
         progress(f"[shipped] not using the shipped {out.name}: {problem}; training it here instead")
         log.warning("shipped model %s refused: %s", out.name, problem)
@@ -88,8 +90,7 @@ def restore(out: Path, meta_file: str, *, enabled: bool = True, root: Path = SHI
         shutil.rmtree(tmp, ignore_errors=True)
     if not (out / meta_file).is_file():
         return False
-    built = manifest(root)[out.name].get("built", "")
-    progress(f"[shipped] {out.name}: copied the shipped model into {out} ({built}); "
+    progress(f"[shipped] {out.name}: copied the shipped model into {out} ({entry.get('built', '')}); "
              "run.shipped_models=false trains it here instead")
     return True
 
